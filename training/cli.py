@@ -234,7 +234,8 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, config_cls: type) -
             parser.add_argument(flag, dest=f.name, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s module is imported (so `list` does not pay for torch)."""
     parser = argparse.ArgumentParser(
         prog="huggingtweets",
         description="Train a LoRA per social-media account and blend them into AI cyborgs.",
@@ -242,7 +243,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name, (module, config_name, _, help_text) in COMMANDS.items():
+    for name, (module, config_name, run_name, help_text) in COMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=help_text)
+            continue
         config_cls = getattr(importlib.import_module(module), config_name)
         doc = (sys.modules[module].__doc__ or "").strip()
         p = sub.add_parser(
@@ -252,13 +256,14 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         add_dataclass_arguments(p, config_cls)
-        p.set_defaults(_config_cls=config_cls, _run=(module, _))
+        p.set_defaults(_config_cls=config_cls, _run=(module, run_name))
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else None).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
