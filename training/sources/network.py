@@ -7,6 +7,7 @@ user, 401/403 a private or protected account. Tests pass a `RetryPolicy` with a 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -34,10 +35,9 @@ class RetryPolicy:
         """Seconds to wait after failed try number `attempt` (1-based)."""
         wait = self.backoff_s * 2 ** (attempt - 1)
         if retry_after is not None:
-            try:
+            # An HTTP date keeps the backoff rather than trusting clocks to agree.
+            with contextlib.suppress(ValueError):
                 wait = float(retry_after)
-            except ValueError:
-                pass  # an HTTP date: keep the backoff rather than parse clocks we can't trust
         return max(0.0, min(wait, self.max_wait_s))
 
 
