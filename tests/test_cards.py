@@ -276,3 +276,16 @@ def test_card_snippet_runs_against_the_local_adapter(zoo, monkeypatch, capsys):
     assert capsys.readouterr().out.count("My dream is") >= 5
     model = namespace["generator"].model  # the pipeline loaded base + adapter, not the base alone
     assert any("lora_B" in name for name, _ in model.named_parameters())
+
+
+def test_write_card_samples_with_the_engine(zoo, monkeypatch):
+    import cards.render
+
+    drawn = {}
+    monkeypatch.setattr(
+        cards.render, "draw_predictions", lambda e, samples, out, avatars: drawn.update(s=samples)
+    )
+    write_card(zoo, "alice")
+    prompts = [prompt for prompt, _ in drawn["s"]]
+    assert prompts == list(cards.render.SAMPLE_PROMPTS)
+    assert all(isinstance(text, str) for _, text in drawn["s"])
