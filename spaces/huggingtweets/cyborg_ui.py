@@ -1,0 +1,620 @@
+"""The huggingtweets Space: browse the zoo, blend 2+ accounts live into an AI cyborg, export it.
+
+    python spaces/huggingtweets/app.py                       # serves ./registry.json
+    HUGGINGTWEETS_REGISTRY=/path/to/registry.json python spaces/huggingtweets/app.py
+    huggingtweets demo                                       # tiny offline zoo + this Space
+
+A thin layer over `zoo.engine.Engine`: handlers translate widgets into a `Blend` and
+`SamplingParams` (the small pure functions below, which tests call directly) and stream what the
+engine yields. One engine per registry is shared by every visitor (created on first use, never at
+import); what a visitor picked lives in their widgets and `gr.State`, never in a shared "current
+blend". Every user-controlled string (display names, handles, avatar URLs) is HTML-escaped.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+import shutil
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import gradio as gr
+
+from cards import render_card, write_card
+from cards.thumbnail import avatar_color, initials
+from zoo.blend import MAX_ABS_WEIGHT, MAX_USERS, OUTPUT_METHODS, Blend, BlendError
+from zoo.registry import Entry, Parent, Registry, id_from_handles, load_registry
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PROMPT = "My dream is"
+MAX_PROMPT_CHARS = 400
+MAX_NEW_TOKENS = 80
+MAX_SAMPLES = 4
+QUEUE = {"default_concurrency_limit": 2, "max_size": 32}
+METHOD_CHOICES = [
+    ("live: exact blend of the adapters (weight space)", "live"),
+    ("task arithmetic (weight space)", "task_arithmetic"),
+    ("TIES (weight space, uses density)", "ties"),
+    ("DARE linear (weight space, uses density)", "dare_linear"),
+    ("DARE TIES (weight space, uses density)", "dare_ties"),
+    ("magnitude prune (weight space, uses density)", "magnitude_prune"),
+    ("cat: concatenated LoRA factors (weight space)", "cat"),
+    ("product of experts (output space)", "product"),
+    ("mixture of experts (output space, weights >= 0)", "mixture"),
+    ("contrast (output space)", "contrast"),
+]
+# Token colours by position among the picked users (a stable hash could give two users one colour).
+SPEAKER_COLORS = (
+    "#1d9bf0",
+    "#f91880",
+    "#00ba7c",
+    "#ff7a00",
+    "#7856ff",
+    "#e0245e",
+    "#17bf63",
+    "#794bc4",
+)
+DATA_ROWS = (
+    ("Tweets downloaded", "downloaded"),
+    ("Retweets", "retweets"),
+    ("Short tweets", "short"),
+    ("Tweets kept", "kept"),
+)
+
+# ---------------------------------------------------------------------------------------------
+# The shared engine: one per registry file, built on first use.
+# ---------------------------------------------------------------------------------------------
+_ENGINES: dict[Path, object] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(registry_path: str | Path):
+    """The process-wide `Engine` of a registry (loads the base model on first call only)."""
+    from zoo.engine import Engine
+
+    key = Path(registry_path).resolve()
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = Engine(key)
+        return _ENGINES[key]
+
+
+@contextmanager
+def user_errors(action: str) -> Iterator[None]:
+    """Turn engine, blend and registry errors (all `ValueError`s) into a `gr.Error` toast."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except (ValueError, KeyError, OSError) as e:
+        message = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise gr.Error(f"{action}: {message}", title="huggingtweets") from e
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure translations between widgets, the zoo and the engine (no gradio state, easy to test).
+# ---------------------------------------------------------------------------------------------
+def esc(value: object) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def choice_label(entry: Entry) -> str:
+    """Dropdown label; gradio renders choices as text, so no escaping is needed here."""
+    return f"{entry.display_name} ({entry.handle_line})"
+
+
+def user_choices(registry: Registry) -> list[tuple[str, str]]:
+    return [(choice_label(e), e.id) for e in registry]
+
+
+def _counts(entry: Entry) -> tuple[int, int]:
+    return (
+        sum(s.kept for s in entry.stats.values()),
+        sum(s.downloaded for s in entry.stats.values()),
+    )
+
+
+def perplexity_text(entry: Entry) -> str:
+    base, adapter = (entry.metrics.get(k) for k in ("base_perplexity", "adapter_perplexity"))
+    if base is None and adapter is None:
+        return "n/a"
+    return " -> ".join("?" if v is None else f"{v:.1f}" for v in (base, adapter))
+
+
+ZOO_HEADERS = ["id", "name", "handle", "kind", "posts kept", "posts downloaded", "perplexity"]
+
+
+def zoo_rows(registry: Registry) -> list[list]:
+    """One row per entry for the zoo table (a gr.Dataframe renders cells as plain text)."""
+    rows = []
+    for e in registry:
+        kept, downloaded = _counts(e)
+        rows.append(
+            [e.id, e.display_name, e.handle_line, e.kind, kept, downloaded, perplexity_text(e)]
+        )
+    return rows
+
+
+def _avatar_html(entry: Entry, index: int) -> str:
+    handle, name = entry.handles[index], entry.display_names[index]
+    avatar = entry.avatars[index] if index < len(entry.avatars) else ""
+    style = "width:48px;height:48px;border-radius:50%;flex:none;"
+    if avatar.startswith("https://"):
+        return f'<img src="{esc(avatar)}" alt="" style="{style}object-fit:cover">'
+    return (
+        f'<div style="{style}background:{avatar_color(handle)};color:#fff;font-weight:800;'
+        f'display:flex;align-items:center;justify-content:center">'
+        f"{esc(initials(name, handle))}</div>"
+    )
+
+
+def zoo_gallery_html(registry: Registry) -> str:
+    """The zoo as cards: avatars (or initials), name, @handle, posts, perplexity. All escaped."""
+    if not len(registry):
+        return "<p>The zoo is empty: train an adapter with <code>huggingtweets train</code>.</p>"
+    cards = []
+    for e in registry:
+        kept, downloaded = _counts(e)
+        avatars = "".join(_avatar_html(e, i) for i in range(len(e.handles)))
+        badge = " 🤖 cyborg" if e.kind == "cyborg" else ""
+        cards.append(
+            '<div class="zoo-card" style="display:flex;gap:10px;align-items:center;'
+            'padding:8px 12px;border:1px solid #8884;border-radius:12px;min-width:230px">'
+            f'<div style="display:flex;gap:2px">{avatars}</div><div>'
+            f'<div style="font-weight:700">{esc(e.display_name)}{badge}</div>'
+            f'<div style="opacity:.75">{esc(e.handle_line)}</div>'
+            f'<div style="font-size:.85em">posts kept {kept} / downloaded {downloaded}<br>'
+            f"perplexity {esc(perplexity_text(e))}</div></div></div>"
+        )
+    return f'<div style="display:flex;flex-wrap:wrap;gap:8px">{"".join(cards)}</div>'
+
+
+def remap_weights(
+    old_users: Sequence[str], old_values: Sequence[float], new_users: Sequence[str]
+) -> list[float]:
+    """Slider values after the picked users change: each user keeps their weight, new ones get 1."""
+    kept = dict(zip(old_users, old_values, strict=False))
+    values = [float(kept.get(u, 1.0)) for u in new_users[:MAX_USERS]]
+    return values + [1.0] * (MAX_USERS - len(values))
+
+
+def blend_from_widgets(
+    users: Sequence[str] | None,
+    weights: Sequence[float],
+    method: str,
+    density: float,
+    seed: float | int,
+) -> Blend:
+    """The `Blend` a visitor's widgets describe; raises `BlendError` with a readable message."""
+    users = list(users or [])
+    if not users:
+        raise BlendError("pick at least one user in the zoo")
+    if len(users) > MAX_USERS:
+        raise BlendError(f"pick at most {MAX_USERS} users, got {len(users)}")
+    try:
+        seed = int(seed or 0)
+    except (TypeError, ValueError) as e:
+        raise BlendError(f"seed must be a whole number, got {seed!r}") from e
+    pairs = {u: float(w) for u, w in zip(users, weights, strict=False)}
+    return Blend.from_weights(pairs, method=method, density=float(density), seed=seed)
+
+
+def widgets_from_blend(blend: Blend) -> dict:
+    """Inverse of `blend_from_widgets`: the widget values that describe `blend`."""
+    users = list(blend.users)
+    return {
+        "users": users,
+        "weights": remap_weights(users, [blend.weight_map[u] for u in users], users),
+        "method": blend.method,
+        "density": blend.density,
+        "seed": blend.seed,
+    }
+
+
+def share_query(blend: Blend) -> str:
+    """The query string of a share link; the blend id is URL-safe by construction."""
+    return f"?blend={blend.id}"
+
+
+def share_url(page_url: str | None, blend: Blend) -> str:
+    base = (page_url or "").split("?", 1)[0].split("#", 1)[0]
+    return base + share_query(blend)
+
+
+def check_prompt(prompt: str | None) -> str:
+    prompt = prompt or ""
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise BlendError(
+            f"the prompt is {len(prompt)} characters long; keep it under {MAX_PROMPT_CHARS}"
+        )
+    return prompt
+
+
+def sampling_from_widgets(num_samples, temperature, top_p, max_new_tokens, seed):
+    """`SamplingParams` from the widgets, with the Space's caps (API callers skip the sliders)."""
+    from zoo.engine import SamplingParams
+
+    num_samples, max_new_tokens = int(num_samples), int(max_new_tokens)
+    if not 1 <= num_samples <= MAX_SAMPLES:
+        raise BlendError(f"number of samples must be in 1..{MAX_SAMPLES}, got {num_samples}")
+    if not 1 <= max_new_tokens <= MAX_NEW_TOKENS:
+        raise BlendError(f"max new tokens must be in 1..{MAX_NEW_TOKENS}, got {max_new_tokens}")
+    return SamplingParams(
+        max_new_tokens=max_new_tokens,
+        temperature=float(temperature),
+        top_p=float(top_p),
+        num_samples=num_samples,
+        seed=int(seed or 0),
+    )
+
+
+def samples_text(prompt: str, samples) -> str:
+    return "\n\n".join(f"{prompt}{s.text}" for s in samples)
+
+
+def highlighted(prompt: str, samples) -> list[tuple[str, str | None]]:
+    """(piece, speaker) pairs for gr.HighlightedText; samples are separated by a blank line."""
+    pieces: list[tuple[str, str | None]] = []
+    for i, sample in enumerate(samples):
+        if i:
+            pieces.append(("\n\n", None))
+        pieces.append((prompt, None))
+        pieces.extend(zip(sample.tokens, sample.speakers, strict=False))
+    return pieces
+
+
+def speaker_colors(users: Sequence[str]) -> dict[str, str]:
+    return {u: SPEAKER_COLORS[i % len(SPEAKER_COLORS)] for i, u in enumerate(users)}
+
+
+def data_table(entries: Sequence[Entry]) -> tuple[list[str], list[list]]:
+    """The card's data table, one column per account of the picked entries (like a cyborg card)."""
+    columns = [
+        (e.display_names[i], e.stats.get(h)) for e in entries for i, h in enumerate(e.handles)
+    ]
+    headers = ["Data"] + [name for name, _ in columns]
+    rows = [
+        [label] + [getattr(s, key) if s is not None else None for _, s in columns]
+        for label, key in DATA_ROWS
+    ]
+    return headers, rows
+
+
+def preview_entry(blend: Blend, registry: Registry) -> Entry:
+    """A not-yet-saved `Entry` for the cyborg the widgets describe (for its card preview)."""
+    parents = [registry.get(u) for u in blend.users]
+    if len(parents) == 1:
+        return parents[0]
+    handles = [h for p in parents for h in p.handles]
+    entry_id = id_from_handles(handles)
+    return Entry(
+        id=entry_id,
+        kind="cyborg",
+        handles=handles,
+        display_names=[n for p in parents for n in p.display_names],
+        base_model=parents[0].base_model,
+        avatars=[a for p in parents for a in p.avatars],
+        source="blend",
+        stats={h: s for p in parents for h, s in p.stats.items()},
+        lora=parents[0].lora,
+        adapter_path=f"adapters/{entry_id}",
+        parents=[Parent(u, w) for u, w in blend.weights],
+        # Same keys as `Engine.export` writes.
+        blend={
+            "method": blend.method,
+            "density": blend.density,
+            "seed": blend.seed,
+            "blend_id": blend.id,
+        },
+    )
+
+
+def card_markdown(entry: Entry, registry: Registry) -> str:
+    """A card's Markdown body (no YAML header); cards escapes every user-controlled field."""
+    return render_card(entry, registry).text
+
+
+def pipeline_snippet(entry_id: str) -> str:
+    return (
+        f"# Unzip {entry_id}.zip next to this script (pip install transformers peft), then:\n"
+        "from transformers import pipeline\n\n"
+        f'generator = pipeline("text-generation", model="{entry_id}")\n'
+        "# huggingtweets trains on posts that follow the end-of-text token: start prompts with it.\n"
+        'prompt = generator.tokenizer.eos_token + "My dream is"\n'
+        "out = generator(prompt, do_sample=True, top_p=0.95, max_new_tokens=40, "
+        "return_full_text=False)\n"
+        'print("My dream is" + out[0]["generated_text"])\n'
+    )
+
+
+def zip_folder(folder: Path) -> Path:
+    """`<tmp>/<id>.zip` holding the folder `<id>/` (what `pipeline(model="<id>")` expects)."""
+    out = Path(tempfile.mkdtemp(prefix="huggingtweets-export-")) / folder.name
+    return Path(shutil.make_archive(str(out), "zip", root_dir=folder.parent, base_dir=folder.name))
+
+
+# ---------------------------------------------------------------------------------------------
+# The Blocks: layout and wiring only; every handler is a few lines over the functions above.
+# ---------------------------------------------------------------------------------------------
+INTRO = """# 🤖 huggingtweets: AI cyborgs
+Pick two or more accounts from the zoo, set how much of each you want (negative = *less like*),
+and watch the cyborg write. Each account is a small LoRA adapter on GPT-2; a blend mixes them live.
+"""
+SPEAKER_NOTE = (
+    "Who is speaking: each token is coloured by the user whose adapter favoured it most. "
+    "Only the output-space modes (product, mixture, contrast) know this; weight-space blends "
+    "(live, ties, dare...) mix the weights themselves, so their tokens stay uncoloured."
+)
+
+
+def build_demo(registry_path: str | Path) -> gr.Blocks:
+    """The Space's Blocks for one registry (no model is loaded until the first generation)."""
+    registry_path = Path(registry_path)
+
+    def registry() -> Registry:
+        with user_errors("cannot read the zoo"):
+            return load_registry(registry_path)
+
+    def list_zoo():
+        reg = registry()
+        return zoo_gallery_html(reg), zoo_rows(reg), gr.Dropdown(choices=user_choices(reg))
+
+    def slider_updates(users: list[str], values: Sequence[float], reg: Registry) -> list:
+        return [
+            gr.Slider(
+                value=values[i],
+                visible=i < len(users),
+                label=f"weight of {choice_label(reg.get(users[i]))}"
+                if i < len(users) and users[i] in reg
+                else f"weight {i + 1}",
+            )
+            for i in range(MAX_USERS)
+        ]
+
+    # gradio injects `gr.Request` only into named parameters, hence the eight weights spelt out.
+    def pick(
+        users,
+        prev_users,
+        w1,
+        w2,
+        w3,
+        w4,
+        w5,
+        w6,
+        w7,
+        w8,
+        method,
+        density,
+        seed,
+        request: gr.Request,
+    ):
+        """Users changed: re-label the sliders (each user keeps their weight), then describe."""
+        weights, tail = (w1, w2, w3, w4, w5, w6, w7, w8), (method, density, seed)
+        users = list(users or [])[:MAX_USERS]
+        values = remap_weights(prev_users or [], weights, users)
+        args = (users, *values, *tail)
+        sliders = slider_updates(users, values, registry())
+        return *sliders, users, share_text(args, request), *card(*args)
+
+    def split(args):  # (users, w1..w8, method, density, seed) -> blend
+        users, weights, (method, density, seed) = args[0], args[1 : 1 + MAX_USERS], args[-3:]
+        return blend_from_widgets(users, weights, method, density, seed)
+
+    def share(users, w1, w2, w3, w4, w5, w6, w7, w8, method, density, seed, request: gr.Request):
+        return share_text((users, w1, w2, w3, w4, w5, w6, w7, w8, method, density, seed), request)
+
+    def share_text(args, request: gr.Request | None) -> str:
+        try:
+            blend = split(args)
+        except BlendError as e:
+            return f"(no share link yet: {e})"
+        page = request.headers.get("referer") if request is not None else None
+        return share_url(page, blend)
+
+    def restore(text: str):
+        with user_errors("cannot read this share link"):
+            text = (text or "").strip()
+            blend_id = text.split("blend=", 1)[1].split("&", 1)[0] if "blend=" in text else text
+            w = widgets_from_blend(Blend.parse(blend_id))
+        reg = registry()
+        missing = [u for u in w["users"] if u not in reg]
+        if missing:
+            raise gr.Error(f"this share link names users not in the zoo: {', '.join(missing)}")
+        sliders = slider_updates(w["users"], w["weights"], reg)
+        return w["users"], *sliders, w["method"], w["density"], w["seed"], w["users"]
+
+    def restore_from_request(request: gr.Request):
+        blend_id = request.query_params.get("blend") if request is not None else None
+        if not blend_id:
+            return (gr.skip(),) * (MAX_USERS + 5)
+        return restore(blend_id)
+
+    def card(*args):
+        users = args[0]
+        if not users:
+            return "*Pick users to see the cyborg's card.*", gr.Dataframe(value=None), ""
+        reg = registry()
+        with user_errors("cannot render the card"):
+            entries = [reg.get(u) for u in users]
+            try:
+                preview = card_markdown(preview_entry(split(args), reg), reg)
+            except BlendError as e:
+                preview = f"*No cyborg yet: {esc(e)}*"
+            headers, rows = data_table(entries)
+            parents = "\n\n---\n\n".join(card_markdown(e, reg) for e in entries)
+        return preview, gr.Dataframe(value=rows, headers=headers), parents
+
+    def generate(*args):
+        users, weights = args[0], args[1 : 1 + MAX_USERS]
+        method, density, prompt, n, temperature, top_p, max_new, seed = args[1 + MAX_USERS :]
+        with user_errors("cannot generate"):
+            blend = blend_from_widgets(users, weights, method, density, seed)
+            prompt = check_prompt(prompt)
+            params = sampling_from_widgets(n, temperature, top_p, max_new, seed)
+            colors = speaker_colors(blend.users)
+            for samples in get_engine(registry_path).stream(blend, prompt, params):
+                text = samples_text(prompt, samples)
+                yield text, gr.HighlightedText(highlighted(prompt, samples), color_map=colors)
+
+    def export(*args):
+        users, weights = args[0], args[1 : 1 + MAX_USERS]
+        method, density, seed, entry_id = args[1 + MAX_USERS :]
+        with user_errors("cannot export"):
+            from cards.render import SAMPLE_PROMPTS
+            from zoo.engine import SamplingParams
+
+            blend = blend_from_widgets(users, weights, method, density, seed)
+            if blend.method in OUTPUT_METHODS:
+                raise BlendError(
+                    f"{blend.method!r} mixes the users' outputs at every token, so it cannot be "
+                    "saved as one adapter; pick a weight-space method (live, ties, dare...)"
+                )
+            engine = get_engine(registry_path)
+            entry = engine.export(blend, entry_id=(entry_id or "").strip() or None)
+            samples = [
+                (p, engine.generate(blend, p, SamplingParams(seed=i))[0].text.strip())
+                for i, p in enumerate(SAMPLE_PROMPTS)
+            ]
+            write_card(registry_path, entry.id, samples=samples)
+            archive = zip_folder(registry().adapter_dir(entry.id))
+        status = (
+            f"Exported **@{entry.id}** (kind cyborg, rank {entry.lora.r}); it is now in the zoo "
+            f"and the zip holds the adapter, its card and predictions.png."
+        )
+        zoo_html, rows, choices = list_zoo()
+        return str(archive), pipeline_snippet(entry.id), status, zoo_html, rows, choices
+
+    initial = load_registry(registry_path)  # JSON only: cheap, and fills the first page
+    with gr.Blocks(title="huggingtweets: AI cyborgs") as demo:
+        gr.Markdown(INTRO)
+        with gr.Accordion("The zoo", open=True):
+            zoo_html = gr.HTML(zoo_gallery_html(initial))
+            with gr.Accordion("as a table", open=False):
+                zoo_table = gr.Dataframe(
+                    value=zoo_rows(initial), headers=ZOO_HEADERS, interactive=False
+                )
+            refresh = gr.Button("Refresh the zoo", size="sm")
+        prev_users = gr.State([])
+        with gr.Row():
+            with gr.Column(scale=1):
+                users = gr.Dropdown(
+                    choices=user_choices(initial),
+                    value=[],
+                    multiselect=True,
+                    max_choices=MAX_USERS,
+                    label=f"Users to blend (1 to {MAX_USERS})",
+                    elem_id="users",
+                )
+                sliders = [
+                    gr.Slider(
+                        -MAX_ABS_WEIGHT,
+                        MAX_ABS_WEIGHT,
+                        value=1.0,
+                        step=0.05,
+                        label=f"weight {i + 1}",
+                        visible=False,
+                        elem_id=f"weight-{i}",
+                    )
+                    for i in range(MAX_USERS)
+                ]
+                method = gr.Dropdown(
+                    choices=METHOD_CHOICES, value="live", label="Blend method", elem_id="method"
+                )
+                density = gr.Slider(
+                    0.05, 1.0, value=0.5, step=0.05, label="Density (ties, dare, prune only)"
+                )
+                share_box = gr.Textbox(
+                    label="Share link (paste one and press Enter to restore it)",
+                    elem_id="share",
+                    buttons=["copy"],
+                )
+            with gr.Column(scale=2):
+                prompt = gr.Textbox(
+                    DEFAULT_PROMPT, label="Prompt", max_length=MAX_PROMPT_CHARS, elem_id="prompt"
+                )
+                with gr.Row():
+                    num_samples = gr.Slider(1, MAX_SAMPLES, value=2, step=1, label="Samples")
+                    max_new_tokens = gr.Slider(
+                        1, MAX_NEW_TOKENS, value=40, step=1, label="Max new tokens"
+                    )
+                    temperature = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Temperature")
+                    top_p = gr.Slider(0.05, 1.0, value=0.95, step=0.05, label="Top-p")
+                    seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                run = gr.Button("Generate", variant="primary", elem_id="generate")
+                out_text = gr.Textbox(label="Samples", lines=6, elem_id="samples")
+                out_hl = gr.HighlightedText(
+                    label="Who is speaking", show_legend=True, elem_id="speakers"
+                )
+                gr.Markdown(f"<small>{SPEAKER_NOTE}</small>")
+        with gr.Tabs():
+            with gr.Tab("Cyborg card"):
+                data = gr.Dataframe(
+                    headers=["Data"], label="Training data", interactive=False, elem_id="data"
+                )
+                cyborg_card = gr.Markdown("*Pick users to see the cyborg's card.*")
+            with gr.Tab("Parents' cards"):
+                parent_cards = gr.Markdown()
+            with gr.Tab("Export cyborg"):
+                gr.Markdown(
+                    "Save the current weight-space blend as one LoRA adapter (kind `cyborg`) in "
+                    "the zoo, with its card and thumbnail, and download it as a zip."
+                )
+                with gr.Row():
+                    export_id = gr.Textbox(
+                        label="Cyborg id (optional; default joins the handles)", scale=2
+                    )
+                    export_btn = gr.Button("Export cyborg", elem_id="export", scale=1)
+                export_status = gr.Markdown()
+                export_file = gr.File(label="Adapter folder (zip)", elem_id="export-file")
+                snippet = gr.Code(language="python", label="Use it with transformers")
+
+        blend_inputs = [users, *sliders, method, density, seed]
+        gr.on(
+            [demo.load, refresh.click],
+            list_zoo,
+            None,
+            [zoo_html, zoo_table, users],
+            api_name="list_zoo",
+        )
+        restore_outputs = [users, *sliders, method, density, seed, prev_users]
+        demo.load(restore_from_request, None, restore_outputs, api_name="load_share")
+        share_box.submit(restore, share_box, restore_outputs, api_name="restore")
+        card_outputs = [cyborg_card, data, parent_cards]
+        users.change(
+            pick,
+            [users, prev_users, *sliders, method, density, seed],
+            [*sliders, prev_users, share_box, *card_outputs],
+            api_name="pick",
+        )
+        describe = [method.change, density.release, seed.change]
+        describe += [s.release for s in sliders]
+        gr.on(describe, share, blend_inputs, share_box, api_name="share")
+        gr.on(describe, card, blend_inputs, card_outputs, api_name="card")
+        gen_inputs = [users, *sliders, method, density, prompt, num_samples, temperature, top_p]
+        gr.on(
+            [run.click, prompt.submit],
+            generate,
+            [*gen_inputs, max_new_tokens, seed],
+            [out_text, out_hl],
+            api_name="generate",
+        )
+        export_btn.click(
+            export,
+            [*blend_inputs, export_id],
+            [export_file, snippet, export_status, zoo_html, zoo_table, users],
+            api_name="export",
+        )
+    return demo
+
+
+def launch(
+    registry_path: str | Path, host: str = "127.0.0.1", port: int = 7860, share: bool = False
+) -> None:
+    """Build, queue and serve the Space (blocks until interrupted)."""
+    demo = build_demo(registry_path)
+    demo.queue(**QUEUE).launch(server_name=host, server_port=port, share=share)
