@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 MIN_CHARACTERS = 6000  # below this there is too little to learn a voice from
 WARN_CHARACTERS = 40000
 MIN_PLAIN_WORDS = 3
-_URL_RE = re.compile(r"(?:https?://|\bwww\.)\S+", re.IGNORECASE)
+_URL_RE = re.compile(r"(?:https?://|\bwww\.)\S*", re.IGNORECASE)
 _MARKERS = ("http", "@", "#")
 
 
