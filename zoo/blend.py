@@ -347,20 +347,26 @@ def factorize_weighted_sum(
     and Acat = [A_1; ...] [R, in], QR both (Bcat = Qb Rb, Acat^T = Qa Ra); then the sum is
     Qb (Rb Ra^T) Qa^T and the SVD of the small R x R core gives its exact SVD. Keeping the top
     `rank` triplets is optimal (Eckart-Young) and exact when rank >= R. Cost O((out + in) R^2):
-    milliseconds per layer, vs a dense SVD of [out, in]. Computed in float64, returned in the
-    input dtype. Returns (A [rank, in], B [out, rank], energy kept = sum kept S^2 / sum S^2).
+    about a millisecond per GPT-2 layer, vs a dense SVD of [out, in]. Householder QR and SVD are
+    backward stable, so the work runs in the input dtype (float32 / float64; half precision is
+    promoted to float32) and float32 factors are accurate to float32 rounding. Returns (A [rank, in], B [out, rank], energy kept = sum kept S^2 / sum S^2).
     """
     if rank < 1:
         raise BlendError(f"rank must be >= 1, got {rank}")
     dtype = As[0].dtype
-    A_cat, B_cat = concat_factors(
-        [a.double() for a in As], [b.double() for b in Bs], [float(w) for w in weights]
+    work = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+    B_cat = torch.cat([b.to(work) for b in Bs], dim=1)
+    A_cat = torch.cat([a.to(work) for a in As], dim=0)
+    # Weights act on the R x R core, not on the big factors: diag(w_i repeated r_i times).
+    scale = torch.cat(
+        [torch.full((a.shape[0],), float(w), dtype=work) for a, w in zip(As, weights, strict=True)]
     )
     Qb, Rb = torch.linalg.qr(B_cat)
     Qa, Ra = torch.linalg.qr(A_cat.T)
-    U, S, Vh = torch.linalg.svd(Rb @ Ra.T)
-    energy = _energy((S[:rank] ** 2).sum(), (S**2).sum())
-    A, B = _split_singular(Qb @ U, S, Vh @ Qa.T, rank)
+    U, S, Vh = torch.linalg.svd((Rb * scale) @ Ra.T)
+    k = min(rank, S.numel())
+    energy = _energy((S[:k] ** 2).sum(), (S**2).sum())
+    A, B = _split_singular(Qb @ U[:, :k], S[:k], Vh[:k] @ Qa.T, rank)
     return A.to(dtype), B.to(dtype), energy
 
 
