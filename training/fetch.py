@@ -116,8 +116,12 @@ def save_user_posts(user_posts: UserPosts, data_dir: str | Path) -> Path:
         "post_count": len(user_posts.posts),
         "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    _write_atomic(folder / POSTS_FILE, lines)
-    _write_atomic(folder / PROFILE_FILE, json.dumps(profile, ensure_ascii=False, indent=2) + "\n")
+    _write_atomic(
+        {
+            folder / POSTS_FILE: lines,
+            folder / PROFILE_FILE: json.dumps(profile, ensure_ascii=False, indent=2) + "\n",
+        }
+    )
     return folder
 
 
@@ -156,14 +160,19 @@ def load_user_posts(folder: str | Path) -> UserPosts:
     return UserPosts(profile=profile, posts=posts)
 
 
-def _write_atomic(path: Path, content: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _write_atomic(contents: dict[Path, str]) -> None:
+    """Write every file to a temp file first, then rename them all: a failure changes nothing."""
+    temps: list[str] = []
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        for path, content in contents.items():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            temps.append(tmp)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+        for tmp, path in zip(temps, contents, strict=True):
+            os.replace(tmp, path)
+    finally:
+        for tmp in temps:
+            Path(tmp).unlink(missing_ok=True)
