@@ -113,8 +113,17 @@ def test_bad_ids_are_refused(bad):
 
 def test_id_from_handles():
     assert id_from_handles(["@Marylandmudflap", "sniping_soup"]) == "marylandmudflap-sniping_soup"
-    with pytest.raises(RegistryError):
-        id_from_handles(["../x"])
+    assert id_from_handles(["jay.bsky.team"]) == "jay_bsky_team"
+    assert id_from_handles(["@Gargron@mastodon.social"]) == "gargron_mastodon_social"
+    for bad in (["ｇｅｔｆｉｓｃａｌ"], ["..."], [""], ["../x"], ["a b"]):
+        with pytest.raises(RegistryError):
+            id_from_handles(bad)
+
+
+@pytest.mark.parametrize("bad", ["", "a b", "<script>", 'x"y', "a/b", "tab\t", "z" * 101])
+def test_bad_handles_are_refused(bad):
+    with pytest.raises(RegistryError, match="handle"):
+        make_entry(handles=[bad])
 
 
 def test_entry_validation_messages():

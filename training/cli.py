@@ -141,12 +141,22 @@ class PullConfig:
     repo_id: str = field(metadata={"positional": True, "help": "Hub repo, e.g. huggingtweets/x"})
     registry: str = field(default="registry.json", metadata={"help": "registry file"})
     revision: str | None = field(default=None, metadata={"help": "branch, tag or commit"})
+    entry_id: str | None = field(
+        default=None, metadata={"help": "registry id to use (default: from the repo)"}
+    )
+    overwrite: bool = field(default=False, metadata={"help": "replace an existing entry"})
 
 
 def run_pull(cfg: PullConfig) -> str:
     from zoo.hub import pull_adapter
 
-    entry = pull_adapter(cfg.registry, cfg.repo_id, revision=cfg.revision)
+    entry = pull_adapter(
+        cfg.registry,
+        cfg.repo_id,
+        revision=cfg.revision,
+        entry_id=cfg.entry_id,
+        overwrite=cfg.overwrite,
+    )
     return f"registered {entry.id} from {cfg.repo_id}"
 
 

@@ -61,9 +61,26 @@ def validate_id(entry_id: str) -> str:
 
 
 def id_from_handles(handles: list[str]) -> str:
-    """The canonical id of one handle or of a cyborg of several (joined by '-', like huggingtweets)."""
-    cleaned = [h.strip().lstrip("@").lower().replace(".", "_") for h in handles]
+    """The canonical id of one handle or of a cyborg of several (joined by '-', like huggingtweets).
+
+    Characters an id may not hold become '_' (`jay.bsky.team` -> `jay_bsky_team`,
+    `name@mastodon.social` -> `name_mastodon_social`); non-ASCII handles are refused.
+    """
+    handles = [validate_handle(h.strip()).lstrip("@") for h in handles]
+    cleaned = [re.sub(r"[^A-Za-z0-9_-]", "_", h).lower() for h in handles]
+    for handle, clean in zip(handles, cleaned, strict=True):
+        if not handle.isascii() or not clean.strip("_-"):
+            raise RegistryError(f"handle {handle!r} cannot be turned into an adapter id")
     return validate_id("-".join(cleaned))
+
+
+def validate_handle(handle: str) -> str:
+    """Handles are shown everywhere: printable, one line, no markup characters, <= 100 chars."""
+    if not isinstance(handle, str) or not handle or len(handle) > 100:
+        raise RegistryError(f"handle {handle!r} must be 1-100 characters")
+    if any(not c.isprintable() or c.isspace() or c in "<>\"'`&/\\" for c in handle):
+        raise RegistryError(f"handle {handle!r} holds spaces, control or markup characters")
+    return handle
 
 
 @dataclass
@@ -138,8 +155,10 @@ class Entry:
         validate_id(self.id)
         if self.kind not in ("user", "cyborg"):
             raise RegistryError(f"entry {self.id!r}: kind must be 'user' or 'cyborg'")
-        if not self.handles or not all(isinstance(h, str) and h for h in self.handles):
+        if not self.handles:
             raise RegistryError(f"entry {self.id!r}: needs at least one handle")
+        for handle in self.handles:
+            validate_handle(handle)
         if len(self.display_names) != len(self.handles):
             raise RegistryError(f"entry {self.id!r}: one display name per handle")
         if self.kind == "user" and len(self.handles) != 1:
