@@ -194,3 +194,18 @@ def test_missing_account_needs_handle(tmp_path):
     with pytest.raises(SourceError, match="pass the handle option"):
         fetch_posts("x-archive", str(only_tweets))
     assert fetch_posts("x-archive", str(only_tweets), handle="ada").profile.display_name == "ada"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+def test_utf16_without_bom_is_decoded(tmp_path, encoding):
+    body = 'window.YTD.tweets.part0 = [{"tweet": {"id_str": "1", "full_text": "naïve café 🌅"}}]'
+    archive = write_zip(tmp_path / "u16.zip", {"data/tweets.js": body.encode(encoding)})
+    assert fetch_posts("x-archive", str(archive), handle="ada").posts[0].text == "naïve café 🌅"
+
+
+def test_tweets_must_be_objects(tmp_path):
+    archive = write_zip(
+        tmp_path / "odd.zip", {"data/tweets.js": b'window.YTD.tweets.part0 = [{"tweet": "hi"}]'}
+    )
+    with pytest.raises(SourceError, match=r"tweets\.js: expected tweet objects"):
+        fetch_posts("x-archive", str(archive), handle="ada")

@@ -102,9 +102,10 @@ def _member_reader(path: Path, archive: zipfile.ZipFile, info: zipfile.ZipInfo):
             raise SourceError(f"{path}: {info.filename} is too large ({info.file_size} bytes)")
         try:
             return archive.read(info)
-        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError) as error:
+        except (zipfile.BadZipFile, OSError, EOFError, NotImplementedError, RuntimeError) as error:
+            # RuntimeError: an encrypted member; NotImplementedError: an unknown compression.
             raise SourceError(
-                f"{path}: cannot read {info.filename} ({error}); is it truncated?"
+                f"{path}: cannot read {info.filename} ({error}); is it truncated or encrypted?"
             ) from error
 
     return read
@@ -114,6 +115,10 @@ def decode_text(raw: bytes, name: str) -> str:
     """UTF-8 (with or without BOM) or UTF-16 with a BOM; anything else is a clear error."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         encoding = "utf-16"
+    elif raw[1:2] == b"\x00" and raw[:1] != b"\x00":  # BOM-less UTF-16 of ASCII-led text
+        encoding = "utf-16-le"
+    elif raw[:1] == b"\x00" and raw[1:2] != b"\x00":
+        encoding = "utf-16-be"
     else:
         encoding = "utf-8-sig"
     try:
@@ -150,7 +155,9 @@ def _first_record(files: dict[str, Callable[[], bytes]], name: str, key: str) ->
     return record if isinstance(record, dict) else {}
 
 
-def _parse_tweet(tweet: dict, own_id: str, file_name: str) -> Post:
+def _parse_tweet(tweet: object, own_id: str, file_name: str) -> Post:
+    if not isinstance(tweet, dict):
+        raise SourceError(f"{file_name}: expected tweet objects, got {tweet!r:.80}")
     text = tweet.get("full_text", tweet.get("text"))
     if not isinstance(text, str):
         raise SourceError(f"{file_name}: tweet {tweet.get('id_str', '?')} has no full_text")
@@ -191,7 +198,9 @@ def _attach_note_texts(posts: list[Post], notes: list[dict]) -> None:
     """
     by_second: dict[int, list[tuple[str, str]]] = {}
     for note in notes:
-        text = (note.get("core") or {}).get("text")
+        if not isinstance(note, dict) or not isinstance(note.get("core"), dict):
+            continue
+        text = note["core"].get("text")
         created = _iso_time(str(note.get("createdAt", "")))
         try:
             second = int(datetime.fromisoformat(created).timestamp())
