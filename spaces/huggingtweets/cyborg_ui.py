@@ -221,6 +221,17 @@ def share_query(blend: Blend) -> str:
     return f"?blend={blend.id}"
 
 
+def blend_id_from_text(text: str | None) -> str:
+    """The blend id in a pasted share link (full URL, `?blend=...` or the bare id)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    text = (text or "").strip()
+    if "blend=" in text:
+        query = urlsplit(text).query or text.lstrip("?")
+        return (parse_qs(query).get("blend") or [""])[0]
+    return text
+
+
 def share_url(page_url: str | None, blend: Blend) -> str:
     base = (page_url or "").split("?", 1)[0].split("#", 1)[0]
     return base + share_query(blend)
@@ -418,9 +429,7 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
 
     def restore(text: str):
         with user_errors("cannot read this share link"):
-            text = (text or "").strip()
-            blend_id = text.split("blend=", 1)[1].split("&", 1)[0] if "blend=" in text else text
-            w = widgets_from_blend(Blend.parse(blend_id))
+            w = widgets_from_blend(Blend.parse(blend_id_from_text(text)))
         reg = registry()
         missing = [u for u in w["users"] if u not in reg]
         if missing:
