@@ -44,7 +44,7 @@ def make_config(tmp: Path, posts_file: Path, base_model: str, **overrides) -> Tr
 def trained(tmp_path_factory, posts_file, hub_model_id):
     """Train once through the offline Hub id (the real `from_pretrained` path)."""
     tmp = tmp_path_factory.mktemp("run")
-    cfg = make_config(tmp, posts_file, hub_model_id)
+    cfg = make_config(tmp, posts_file, hub_model_id, write_card=True)
     entry = run(cfg)
     return cfg, entry
 
@@ -96,6 +96,8 @@ def test_adapter_folder_contents(trained):
         "tokenizer.json",
         "tokenizer_config.json",
         "generation_config.json",
+        "README.md",  # the card (write_card=True)
+        "predictions.png",
     } <= names
     assert not any(n.endswith((".bin", ".pt", ".pkl")) for n in names)
     config = json.loads((folder / "adapter_config.json").read_text())
@@ -211,7 +213,7 @@ def test_interrupt_while_publishing_keeps_old_adapter(
         ({"batch_size": 0}, "bad batch_size"),
         ({"block_size": 1}, "bad block_size"),
         ({"validation_fraction": 0.0}, "bad validation_fraction"),
-        ({"handle": "a/b"}, "may only hold letters"),
+        ({"handle": "a/b"}, "handle .a/b."),
         ({"device": "tpu"}, "device must be"),
     ],
 )
@@ -239,3 +241,23 @@ def test_wandb_mode_defaults_to_offline_without_credentials(monkeypatch, tmp_pat
     assert resolve_wandb_mode() == "online"
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert resolve_wandb_mode() == "offline"
+
+
+def test_wandb_offline_runs_log_artifacts(tmp_path, posts_file, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    cfg = make_config(tmp_path, posts_file, str(tiny_model_dir), max_steps=2)
+    entry = run(cfg)
+    assert set(entry.wandb) == {"project", "preprocess_run", "train_run"}
+    runs = sorted((tmp_path / "wandb" / "wandb").glob("offline-run-*"))
+    assert [r.name.split("-")[-1] for r in runs] == [
+        entry.wandb["preprocess_run"],
+        entry.wandb["train_run"],
+    ]
+    import wandb
+
+    wandb.teardown()  # wait for the W&B service to flush the offline run files
+    preprocess, train = (next(r.glob("*.wandb")).read_bytes() for r in runs)
+    assert b"raw-dataset-zippy" in preprocess and b"train-dataset-zippy" in preprocess
+    for logged in (b"finetuned-model-zippy", b"examples", b"train/loss", b"adapter_perplexity"):
+        assert logged in train, logged

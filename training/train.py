@@ -150,7 +150,7 @@ def run(cfg: TrainConfig) -> Entry:
         refuse_existing(cfg.registry, id_from_handles([cfg.handle]), cfg.overwrite)
     user_posts = load_user_posts(cfg.data) if cfg.data else fetch_posts(cfg.source, cfg.user)
     profile = user_posts.profile
-    handle = cfg.handle or profile.handle
+    handle = (cfg.handle or profile.handle).lstrip("@")
     entry_id = id_from_handles([handle])
     refuse_existing(cfg.registry, entry_id, cfg.overwrite)  # before any heavy work
     if not cfg.data:
@@ -200,8 +200,11 @@ def run(cfg: TrainConfig) -> Entry:
     with train_run as wandb_run:
         if wandb_run is not None:
             wandb_ids["train_run"] = wandb_run.id
-            for artifact in artifacts.values():
-                wandb_run.use_artifact(artifact)
+            if wandb_run.offline:  # W&B records artifact lineage only online
+                wandb_run.config.update({"inputs": [a.name for a in artifacts.values()]})
+            else:
+                for artifact in artifacts.values():
+                    wandb_run.use_artifact(artifact.wait())
 
         with tempfile.TemporaryDirectory(prefix="huggingtweets-trainer-") as trainer_dir:
             trainer = make_trainer(
@@ -399,7 +402,10 @@ def resolve_wandb_mode() -> str | None:
         return None
     if mode:
         return mode
-    return "online" if has_wandb_credentials() else "offline"
+    if has_wandb_credentials():
+        return "online"
+    logger.info("W&B: no API key or login found, logging offline (upload later with `wandb sync`)")
+    return "offline"
 
 
 def has_wandb_credentials() -> bool:
@@ -422,7 +428,6 @@ def start_wandb_run(cfg: TrainConfig, mode: str, entry_id: str, job: str, config
         job_type=job,
         mode=mode,
         config=config,
-        reinit="create_new",
     )
 
 
