@@ -173,7 +173,16 @@ def combine_outputs(
 
 
 class Engine:
-    def __init__(self, registry_path, max_loaded_adapters: int = 16, device: str = "auto"):
+    def __init__(
+        self,
+        registry_path,
+        max_loaded_adapters: int = 16,
+        device: str = "auto",
+        *,
+        fuse_after_requests: int = FUSE_AFTER_REQUESTS,
+    ):
+        """`fuse_after_requests`: fuse a live blend from its n-th request in a row (0 = never).
+        Fusing costs about one pass over the targeted weights, so it pays off on repeats."""
         if not isinstance(max_loaded_adapters, int) or max_loaded_adapters < 1:
             raise EngineError(f"max_loaded_adapters must be >= 1, got {max_loaded_adapters!r}")
         self.registry_path = Path(registry_path)
@@ -190,6 +199,9 @@ class Engine:
         self._pristine: dict[str, torch.Tensor] = {}  # layer -> original base weight
         self._dense_cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._streak: tuple[str | None, int] = (None, 0)  # last live blend id, requests in a row
+        self.fuse_after_requests = fuse_after_requests
+        self._layers: list[tuple[str, torch.nn.Module]] | None = None  # LoRA layers, cached
+        self._active: tuple[str, str] | None = None  # (mode, blend id) the scales are set for
 
     # ------------------------------------------------------------------ registry and loading
     def refresh(self) -> None:
@@ -261,6 +273,7 @@ class Engine:
                     f"{result.unexpected_keys[:3]}"
                 )
             self._model.to(self.device).eval()
+            self._layers, self._active = None, None
             self._loaded[user] = self.registry.get(user)
             logger.info("loaded adapter %s (%d loaded)", user, len(self._loaded))
         while len(self._loaded) > self.max_loaded_adapters:
@@ -272,6 +285,7 @@ class Engine:
     def _evict(self, adapter_id: str) -> None:
         self._unfuse()
         self._model.delete_adapter(adapter_id)
+        self._layers, self._active = None, None
         del self._loaded[adapter_id]
         for key in [k for k in self._dense_cache if adapter_id in Blend.parse(k).users]:
             del self._dense_cache[key]
@@ -280,12 +294,13 @@ class Engine:
     def _lora_layers(self) -> list[tuple[str, torch.nn.Module]]:
         from peft.tuners.lora import LoraLayer
 
-        prefix = "base_model.model."
-        return [
-            (name.removeprefix(prefix), module)
-            for name, module in self._model.named_modules()
-            if isinstance(module, LoraLayer)
-        ]
+        if self._layers is None:
+            self._layers = [
+                (name.removeprefix("base_model.model."), module)
+                for name, module in self._model.named_modules()
+                if isinstance(module, LoraLayer)
+            ]
+        return self._layers
 
     # ------------------------------------------------------------------ blend state
     @staticmethod
@@ -357,12 +372,14 @@ class Engine:
             self._fuse(blend)
             return
         self._unfuse()
-        layers = self._lora_layers()
+        if self._active == (mode, blend.id):
+            return  # scales and active set are already this blend's (a live re-step is free)
         if mode == "live":
             self._model.base_model.set_adapter(list(blend.users), inference_mode=True)
-        for _, layer in layers:
+        for _, layer in self._lora_layers():
             for user, weight in blend.weights:
                 layer.set_scale(user, weight if mode == "live" else 1.0)
+        self._active = (mode, blend.id)
 
     def _forward(self, ids, cache, adapter_names):
         kwargs = {"adapter_names": adapter_names} if adapter_names is not None else {}
@@ -399,7 +416,8 @@ class Engine:
                 last, count = self._streak
                 count = count + 1 if last == blend.id else 1
                 self._streak = (blend.id, count)
-                mode = "fused" if count >= FUSE_AFTER_REQUESTS else "live"
+                fuse = 0 < self.fuse_after_requests <= count
+                mode = "fused" if fuse else "live"
             else:
                 mode = "fused"
         tok = self._tokenizer
