@@ -1,5 +1,6 @@
 """Engine tests on the tiny GPT-2: numbers against a hand-built dense reference, not logs."""
 
+import shutil
 import threading
 
 import pytest
@@ -291,3 +292,26 @@ def test_broken_adapter_is_a_clear_error(tmp_path, tiny_model_dir):
     with pytest.raises(EngineError, match="'bob'.*checksum"):
         broken.generate({"alice": 1, "bob": 1}, PROMPT, SamplingParams())
     assert broken.generate({"alice": 1}, PROMPT, greedy(3))  # the engine still serves others
+
+
+def test_refresh_reloads_changed_entries(tmp_path, tiny_model_dir):
+    from zoo.registry import update_entry
+
+    registry = build_zoo(tmp_path, tiny_model_dir)
+    fresh = Engine(registry, device="cpu")
+    blend = Blend.from_weights({"alice": 1})
+    before = fresh.next_token_logprobs(blend, PROMPT)
+    update_entry(registry, "alice", lambda e: e.metrics.update(adapter_perplexity=3.0))
+    fresh.refresh()
+    assert "alice" not in fresh._loaded and fresh.registry.get("alice").metrics
+    assert (fresh.next_token_logprobs(blend, PROMPT) - before).abs().max() < TOL
+
+
+def test_base_from_offline_hub_id(tmp_path, zoo, hub_model_id):
+    shutil.copytree(zoo.parent / "adapters" / "bob", tmp_path / "adapters" / "bob")
+    register_entry(tmp_path / "registry.json", user_entry("bob", hub_model_id, tmp_path / "adapters" / "bob"))  # fmt: skip
+    hub = Engine(tmp_path / "registry.json", device="cpu")
+    local = Engine(zoo, device="cpu")
+    blend = Blend.from_weights({"bob": 1})
+    got, want = hub.next_token_logprobs(blend, PROMPT), local.next_token_logprobs(blend, PROMPT)
+    assert (got - want).abs().max() < TOL

@@ -517,6 +517,7 @@ class Engine:
         blend, prompt_ids, mode = self._prepare(blend, prompt, params)
         ids = torch.tensor([prompt_ids], device=self.device)
         with self._lock, torch.inference_mode():
+            self._ensure_adapters(blend.users)
             self._activate(blend, mode)
             if mode == "output":
                 names = list(blend.users) + ([BASE] if blend.method == "contrast" else [])
