@@ -21,13 +21,13 @@ def test_split_sizes_are_seeded_and_disjoint(fixture_posts):
     assert ds.num_rows == {"train": 436, "validation": 48}
     assert ds["train"].column_names == ["text"]
     assert all(t.startswith(EOS) for t in ds["validation"]["text"])
-    assert sorted(ds["train"]["text"] + ds["validation"]["text"]) == sorted(
+    assert sorted([*ds["train"]["text"], *ds["validation"]["text"]]) == sorted(
         EOS + p for p in fixture_posts
     )
     again = build_dataset(fixture_posts, EOS, validation_fraction=0.1, seed=0)
     other = build_dataset(fixture_posts, EOS, validation_fraction=0.1, seed=1)
-    assert again["validation"]["text"] == ds["validation"]["text"]
-    assert other["validation"]["text"] != ds["validation"]["text"]
+    assert list(again["validation"]["text"]) == list(ds["validation"]["text"])
+    assert list(other["validation"]["text"]) != list(ds["validation"]["text"])
 
 
 def test_tiny_corpora_keep_one_post_each_side():
@@ -53,10 +53,10 @@ def test_tokenize_dataset_blocks_cover_every_token(tiny_model_dir, fixture_posts
     ds = build_dataset(fixture_posts, tokenizer.eos_token, seed=0)
     blocks = tokenize_dataset(ds, tokenizer, block_size=32)
     for split in ("train", "validation"):
-        posts = ds[split]["text"]
+        posts = list(ds[split]["text"])
         # Each post is EOS + its tokens; the stream ends with one extra EOS.
         expected = sum(len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in posts) + 1
-        mask = blocks[split]["attention_mask"]
+        mask = list(blocks[split]["attention_mask"])
         assert sum(map(sum, mask)) == expected
         assert len(blocks[split]) == -(-expected // 32)
         assert all(len(row) == 32 for row in blocks[split]["input_ids"])
@@ -65,4 +65,4 @@ def test_tokenize_dataset_blocks_cover_every_token(tiny_model_dir, fixture_posts
         assert first["labels"] == first["input_ids"]
     folder = save_dataset(ds, dataset_dir(tmp_path, "zippy"))
     assert folder == tmp_path / "zippy" / "dataset"
-    assert load_dataset(folder)["validation"]["text"] == ds["validation"]["text"]
+    assert list(load_dataset(folder)["validation"]["text"]) == list(ds["validation"]["text"])

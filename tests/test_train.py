@@ -261,3 +261,44 @@ def test_wandb_offline_runs_log_artifacts(tmp_path, posts_file, tiny_model_dir, 
     assert b"raw-dataset-zippy" in preprocess and b"train-dataset-zippy" in preprocess
     for logged in (b"finetuned-model-zippy", b"examples", b"train/loss", b"adapter_perplexity"):
         assert logged in train, logged
+
+
+def test_data_folder_of_a_previous_fetch_trains_under_new_handle(trained, tmp_path):
+    cfg, _ = trained
+    again = TrainConfig(
+        data=str(Path(cfg.data_dir) / "zippy"),
+        handle="@Zippy2",
+        data_dir=str(tmp_path / "data"),
+        registry=str(tmp_path / "registry.json"),
+        base_model=cfg.base_model,
+        max_steps=1,
+        write_card=False,
+        device="cpu",
+    )
+    entry = run(again)
+    assert entry.id == "zippy2" and entry.handles == ["Zippy2"]
+    assert (tmp_path / "adapters" / "zippy2" / "adapter_model.safetensors").is_file()
+
+
+def test_cuda_requested_without_cuda_is_refused(tmp_path, posts_file, tiny_model_dir):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available")
+    with pytest.raises(ValueError, match="device='cuda' but CUDA is not available"):
+        run(make_config(tmp_path, posts_file, str(tiny_model_dir), device="cuda"))
+
+
+@pytest.mark.gpu
+def test_cuda_training_uses_mixed_precision(tmp_path, posts_file, tiny_model_dir, monkeypatch):
+    seen = {}
+    original = train_module.make_trainer
+
+    def spy(*args, **kwargs):
+        seen["trainer"] = trainer = original(*args, **kwargs)
+        return trainer
+
+    monkeypatch.setattr(train_module, "make_trainer", spy)
+    entry = run(make_config(tmp_path, posts_file, str(tiny_model_dir), device="cuda"))
+    args = seen["trainer"].args
+    assert args.bf16 or args.fp16
+    assert next(seen["trainer"].model.parameters()).device.type == "cuda"
+    assert entry.metrics["adapter_loss"] < entry.metrics["base_loss"] - 0.05
