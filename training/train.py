@@ -260,7 +260,9 @@ def run(cfg: TrainConfig) -> Entry:
             staging = Path(tmp) / entry_id
             save_adapter(model, tokenizer, staging)
             entry.checksum = file_checksum(staging / "adapter_model.safetensors")
-            publish_adapter(staging, registry_root / entry.adapter_path, cfg.registry, entry)
+            publish_adapter(
+                staging, registry_root / entry.adapter_path, cfg.registry, entry, cfg.overwrite
+            )
         logger.info("registered %s at %s", entry_id, registry_root / entry.adapter_path)
 
         if cfg.write_card:
@@ -371,8 +373,13 @@ def save_adapter(model, tokenizer, folder: Path) -> None:
         raise RuntimeError(f"peft did not write {folder / 'adapter_model.safetensors'}")
 
 
-def publish_adapter(staging: Path, final: Path, registry_path: str | Path, entry: Entry) -> None:
+def publish_adapter(
+    staging: Path, final: Path, registry_path: str | Path, entry: Entry, overwrite: bool
+) -> None:
     """Rename `staging` to `final` and register `entry`; on any failure undo both halves.
+
+    Registering re-checks `overwrite` under the registry lock, so an id registered by someone
+    else while we trained is refused (RegistryError) rather than silently replaced.
 
     An old folder being overwritten is moved aside first and restored if registering fails.
     """
@@ -382,7 +389,7 @@ def publish_adapter(staging: Path, final: Path, registry_path: str | Path, entry
         os.replace(final, aside)
     try:
         os.replace(staging, final)
-        register_entry(registry_path, entry, overwrite=True)
+        register_entry(registry_path, entry, overwrite=overwrite)
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)
         if had_old:
