@@ -217,10 +217,11 @@ def test_share_link_round_trip(client):
                           api_name="/share")  # fmt: skip
     assert link.endswith("?blend=alice~-0.3~bob~0.7~dare_ties~d0.3~s7")
     users, *rest = client.predict(link, api_name="/restore")
-    sliders, (method, density, seed) = rest[:8], rest[8:]
+    sliders, (method, density, seed, share, card) = rest[:8], rest[8:13]
     assert users == ["alice", "bob"]
     assert [s["value"] for s in sliders[:2]] == [-0.3, 0.7]
     assert (method, density, seed) == ("dare_ties", 0.3, 7)
+    assert share.endswith("?blend=alice~-0.3~bob~0.7~dare_ties~d0.3~s7") and "@alice-bob" in card
 
 
 def test_export_cyborg(client, zoo):

@@ -427,7 +427,8 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
         page = request.headers.get("referer") if request is not None else None
         return share_url(page, blend)
 
-    def restore(text: str):
+    def restore(text: str, request: gr.Request):
+        """Set every blend widget from a share link, and describe the blend (share + cards)."""
         with user_errors("cannot read this share link"):
             w = widgets_from_blend(Blend.parse(blend_id_from_text(text)))
         reg = registry()
@@ -435,13 +436,15 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
         if missing:
             raise gr.Error(f"this share link names users not in the zoo: {', '.join(missing)}")
         sliders = slider_updates(w["users"], w["weights"], reg)
-        return w["users"], *sliders, w["method"], w["density"], w["seed"], w["users"]
+        args = (w["users"], *w["weights"], w["method"], w["density"], w["seed"])
+        tail = (w["method"], w["density"], w["seed"], w["users"], share_text(args, request))
+        return w["users"], *sliders, *tail, *card(*args)
 
     def restore_from_request(request: gr.Request):
         blend_id = request.query_params.get("blend") if request is not None else None
         if not blend_id:
-            return (gr.skip(),) * (MAX_USERS + 5)
-        return restore(blend_id)
+            return (gr.skip(),) * (MAX_USERS + 9)
+        return restore(blend_id, request)
 
     def card(*args):
         users = args[0]
@@ -590,17 +593,20 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
             [zoo_html, zoo_table, users],
             api_name="list_zoo",
         )
-        restore_outputs = [users, *sliders, method, density, seed, prev_users]
+        # Only user actions (input/release) trigger these: a programmatic update (a share link)
+        # sets all widgets at once and describes the blend itself, so no event sees half of it.
+        card_outputs = [cyborg_card, data, parent_cards]
+        restore_outputs = [users, *sliders, method, density, seed, prev_users, share_box]
+        restore_outputs += card_outputs
         demo.load(restore_from_request, None, restore_outputs, api_name="load_share")
         share_box.submit(restore, share_box, restore_outputs, api_name="restore")
-        card_outputs = [cyborg_card, data, parent_cards]
-        users.change(
+        users.input(
             pick,
             [users, prev_users, *sliders, method, density, seed],
             [*sliders, prev_users, share_box, *card_outputs],
             api_name="pick",
         )
-        describe = [method.change, density.release, seed.change]
+        describe = [method.input, density.release, seed.input]
         describe += [s.release for s in sliders]
         gr.on(describe, share, blend_inputs, share_box, api_name="share")
         gr.on(describe, card, blend_inputs, card_outputs, api_name="card")
