@@ -302,3 +302,17 @@ def test_cuda_training_uses_mixed_precision(tmp_path, posts_file, tiny_model_dir
     assert args.bf16 or args.fp16
     assert next(seen["trainer"].model.parameters()).device.type == "cuda"
     assert entry.metrics["adapter_loss"] < entry.metrics["base_loss"] - 0.05
+
+
+def test_fetch_options_reach_the_fetch(tmp_path, posts_file, tiny_model_dir):
+    """--limit and --handle go through the fetch stage: 50 posts are too little text to train."""
+    from training.clean import NotEnoughTextError
+
+    cfg = make_config(tmp_path, posts_file, str(tiny_model_dir), limit=50, handle="fifty")
+    with pytest.raises(NotEnoughTextError, match="fifty") as info:
+        run(cfg)
+    assert "50" in str(info.value)
+    saved = (tmp_path / "data" / "fifty" / "posts.jsonl").read_text().splitlines()
+    assert len(saved) == 50
+    with pytest.raises(ValueError, match="apply to a fetch"):
+        TrainConfig(data=str(tmp_path), limit=5)

@@ -67,6 +67,13 @@ class TrainConfig:
         default="", metadata={"help": "folder of a previous fetch, instead of --source/--user"}
     )
     handle: str = field(default="", metadata={"help": "registry id / handle override"})
+    limit: int | None = field(
+        default=None, metadata={"help": "most posts to download (as `huggingtweets fetch`)"}
+    )
+    base_url: str = field(
+        default="",
+        metadata={"help": "API base URL for bluesky/mastodon (as `huggingtweets fetch`)"},
+    )
     data_dir: str = field(default="data", metadata={"help": "where fetched posts are saved"})
     registry: str = field(default="registry.json", metadata={"help": "registry file to add to"})
     base_model: str = field(
@@ -108,6 +115,8 @@ class TrainConfig:
                 f"need --source and --user (got source={self.source!r}, user={self.user!r}) "
                 "or --data <folder of a previous fetch>"
             )
+        if self.data and (self.limit or self.base_url):
+            raise ValueError("--limit and --base-url apply to a fetch, not to --data")
         if self.data and not Path(self.data).is_dir():
             raise ValueError(f"--data {self.data!r} is not a folder")
         if self.handle:
@@ -139,8 +148,8 @@ def run(cfg: TrainConfig) -> Entry:
     from training.clean import check_enough_text, clean_posts
     from training.dataset import build_dataset, dataset_dir, save_dataset, tokenize_dataset
     from training.evaluate import evaluate_loss
-    from training.fetch import load_user_posts, save_user_posts
-    from training.sources import fetch_posts
+    from training.fetch import FetchConfig, load_user_posts
+    from training.fetch import run as fetch
 
     device = resolve_device(cfg.device)
     transformers.set_seed(cfg.seed)
@@ -148,13 +157,23 @@ def run(cfg: TrainConfig) -> Entry:
     # Posts: fetch (and keep a copy under data_dir) or re-use a previous fetch.
     if cfg.handle:
         refuse_existing(cfg.registry, id_from_handles([cfg.handle]), cfg.overwrite)
-    user_posts = load_user_posts(cfg.data) if cfg.data else fetch_posts(cfg.source, cfg.user)
+    if cfg.data:
+        user_posts = load_user_posts(cfg.data)
+    else:  # the fetch stage itself: same options, validation and on-disk copy under data_dir
+        file_source = cfg.source in ("jsonl", "csv", "x-archive")
+        fetch_cfg = FetchConfig(
+            source=cfg.source,
+            user=cfg.user,
+            data_dir=cfg.data_dir,
+            limit=cfg.limit,
+            handle=cfg.handle if file_source else "",
+            base_url=cfg.base_url,
+        )
+        user_posts = load_user_posts(fetch(fetch_cfg))
     profile = user_posts.profile
     handle = (cfg.handle or profile.handle).lstrip("@")
     entry_id = id_from_handles([handle])
     refuse_existing(cfg.registry, entry_id, cfg.overwrite)  # before any heavy work
-    if not cfg.data:
-        save_user_posts(user_posts, cfg.data_dir)
 
     cleaned = clean_posts(user_posts.posts, drop_replies=cfg.drop_replies)
     check_enough_text(handle, cleaned)
