@@ -225,8 +225,10 @@ def test_share_link_round_trip(client):
 
 
 def test_export_cyborg(client, zoo):
+    from gradio_client import Client
     from transformers import pipeline
 
+    other = Client(client.src, verbose=False)
     archive, snippet, status, _, table, _ = client.predict(
         ["alice", "bob"], *weights(0.7, 0.3), "live", 0.5, 0, "", api_name="/export"
     )
@@ -241,8 +243,8 @@ def test_export_cyborg(client, zoo):
     folder = load_registry(zoo).adapter_dir("alice-bob")
     generator = pipeline("text-generation", model=str(folder))
     assert generator(PROMPT, max_new_tokens=3, do_sample=False)[0]["generated_text"]
-    # The new cyborg can be picked and blended like any user.
-    text, _ = client.predict(
+    # The new cyborg can be picked and blended like any user, also in a session opened earlier.
+    text, _ = other.predict(
         *gen_args(["alice-bob", "carol"], [1.0, 0.5], n=1), api_name="/generate"
     )
     assert text.startswith(PROMPT)
@@ -274,5 +276,7 @@ def test_errors_leave_the_space_working(client):
         client.predict(["alice", "bob"], *weights(1, 1), "product", 0.5, 0, "", api_name="/export")
     with pytest.raises(AppError, match="share link"):
         client.predict("alice~9~live~d0.5~s0", api_name="/restore")
+    with pytest.raises(AppError, match="nobody"):
+        client.predict(*gen_args(["alice", "nobody"], [1.0, 1.0]), api_name="/generate")
     text, _ = client.predict(*gen_args(["alice", "bob"], [0.5, 0.5], n=1), api_name="/generate")
     assert text.startswith(PROMPT)

@@ -519,6 +519,9 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
                     value=[],
                     multiselect=True,
                     max_choices=MAX_USERS,
+                    # Choices are a snapshot taken when the page loads; a cyborg exported by
+                    # another visitor since then is still a valid pick (the engine checks ids).
+                    allow_custom_value=True,
                     label=f"Users to blend (1 to {MAX_USERS})",
                     elem_id="users",
                 )
