@@ -148,15 +148,24 @@ def _blend_md(entry: Entry) -> str:
     blend = entry.blend
     if not blend:
         return ""
-    method = md_text(str(blend.get("method", "unknown")))
-    params = blend.get("params") or {}
+    from zoo.blend import DENSITY_METHODS
+
+    # Field names as `zoo.engine.Engine.export` writes them.
+    raw_method = str(blend.get("method", "unknown"))
+    method = md_text(raw_method)
+    params = {k: blend[k] for k in ("density", "seed") if k in blend}
+    if raw_method not in DENSITY_METHODS:
+        params = {}
     text = f"Blend method: `{method}`"
     if params:
         text += " (" + ", ".join(f"{md_text(k)}={md_text(str(v))}" for k, v in params.items()) + ")"
     text += "."
+    if blend.get("blend_id"):
+        # Inside a code span Markdown escapes would show literally; only backticks can break out.
+        text += f" Blend id: `{html.escape(str(blend['blend_id']).replace('`', ''))}`."
     if "rank" in blend:
         text += f" The blend was exported as one LoRA adapter of rank {md_text(str(blend['rank']))}"
-        energy = blend.get("energy")
+        energy = blend.get("energy_kept")
         if isinstance(energy, int | float):
             text += f", keeping {100 * energy:.1f}% of the blended update's energy"
         text += "."

@@ -91,9 +91,11 @@ def cyborg_registry() -> tuple[Entry, Registry]:
         parents=[Parent("sniping_soup", 0.7), Parent("marylandmudflap", 0.3)],
         blend={
             "method": "ties",
-            "params": {"density": 0.5, "seed": 0},
+            "density": 0.5,
+            "seed": 0,
             "rank": 16,
-            "energy": 0.9731,
+            "energy_kept": 0.9731,
+            "blend_id": "marylandmudflap~0.3~sniping_soup~0.7~ties~d0.5~s0",
         },
     )
     entries = {e.id: e for e in (soup, scotty, cyborg)}
