@@ -10,9 +10,11 @@ One base model is loaded once; adapters are loaded lazily into one PeftModel und
 ids (LRU, `max_loaded_adapters`). How a blend runs depends on its method:
 
 - `live`: the blend's adapters are active together and each LoRA layer's scale is set to
-  w_i * alpha_i / r_i, which is exactly W0 + sum_i w_i dW_i; a re-weight costs about a millisecond.
-  When the same blend comes again (2nd request in a row) its dense delta is fused into the base
-  weights for speed and restored from a pristine copy when the blend changes.
+  w_i * alpha_i / r_i, which is exactly W0 + sum_i w_i dW_i; a slider re-weight only writes those
+  scales (tens of microseconds; `set_adapter` runs only when the set of users changes). When the
+  same blend comes again (2nd request in a row) its low-rank delta is fused into the base weights
+  (`zoo.layers.BaseWeights`, one matmul per layer) and restored from a pristine copy when the
+  blend changes.
 - other weight methods (task_arithmetic, ties, dare_*, magnitude_prune, cat): the merged dense
   delta of each layer (`zoo.blend.merge_deltas`) is cached by blend id and fused into the base
   weights while that blend runs; the LoRA layers then run as "__base__".
@@ -21,6 +23,8 @@ ids (LRU, `max_loaded_adapters`). How a blend runs depends on its method:
   distributions are combined and each sampled token is attributed to the user whose weighted
   probability for it was highest (`Sample.speakers`).
 
+Sampling and the output-space math live in `zoo.sampling`, export in `zoo.export`.
+
 Isolation: every forward step runs under one lock together with setting up its own blend (scales,
 active set or fused delta), so concurrent requests never see each other's blend; nothing like a
 "current user" survives between steps.
@@ -28,14 +32,9 @@ active set or fused delta), so concurrent requests never see each other's blend;
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
-import tempfile
 import threading
-import zlib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,27 +42,19 @@ from pathlib import Path
 
 import torch
 
-from zoo.blend import (
-    OUTPUT_METHODS,
-    Blend,
-    BlendError,
-    factorize_dense,
-    factorize_weighted_sum,
-    merge_deltas,
+from zoo.blend import OUTPUT_METHODS, Blend, BlendError
+from zoo.export import export_blend
+from zoo.layers import (
+    BaseWeights,
+    dense_deltas,
+    find_lora_layers,
+    layer_index,  # noqa: F401  (public here since the first engine; tests use it)
+    scale_slots,
+    set_scales,
 )
-from zoo.loading import WEIGHTS_NAME, AdapterLoadError, load_adapter, load_base
-from zoo.registry import (
-    Entry,
-    LoraSettings,
-    Parent,
-    PostStats,
-    Registry,
-    RegistryError,
-    file_checksum,
-    id_from_handles,
-    load_registry,
-    register_entry,
-)
+from zoo.loading import AdapterLoadError, load_adapter, load_base
+from zoo.registry import Entry, Registry, RegistryError, id_from_handles, load_registry
+from zoo.sampling import combine_outputs, sample_next
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +63,6 @@ FUSE_AFTER_REQUESTS = 2  # fuse a live blend into the base weights from its 2nd 
 DENSE_CACHE_SIZE = 2  # merged dense deltas kept (each is the size of the targeted base layers)
 MAX_NUM_SAMPLES = 16
 MAX_NEW_TOKENS = 512
-
-
-def layer_index(name: str) -> int:
-    """A stable per-layer number for DARE's masks (independent of which adapters are loaded)."""
-    return zlib.crc32(name.encode())
 
 
 class EngineError(ValueError):
@@ -133,45 +119,6 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def sample_next(scores: torch.Tensor, params: SamplingParams, generator) -> torch.Tensor:
-    """One token per row of `scores` [n, vocab] (log-space) with temperature / top-k / top-p."""
-    if params.temperature == 0:
-        return scores.argmax(dim=-1)
-    scores = scores / params.temperature
-    if params.top_k:
-        kth = torch.topk(scores, min(params.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
-        scores = scores.masked_fill(scores < kth, -math.inf)
-    if params.top_p < 1:
-        sorted_scores, order = torch.sort(scores, descending=True, dim=-1)
-        cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        drop = cumulative - sorted_scores.softmax(dim=-1) >= params.top_p  # keeps >= 1 token
-        scores = scores.scatter(-1, order, sorted_scores.masked_fill(drop, -math.inf))
-    probs = scores.softmax(dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(scores.device)
-
-
-def combine_outputs(
-    logits: torch.Tensor, method: str, weights: torch.Tensor, with_base: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Combine per-adapter rows [n, R, vocab] into log-space scores [n, vocab].
-
-    Returns (scores, weighted probabilities [n, users, vocab] used for attribution).
-    """
-    user_logits = logits[:, :-1] if with_base else logits
-    logprobs = user_logits.log_softmax(dim=-1)
-    w = weights.to(logits.dtype)[None, :, None]
-    if method == "product":  # product of experts: sum_i w_i log p_i, renormalised by sampling
-        scores = (w * logprobs).sum(dim=1)
-    elif method == "mixture":  # sum_i w_i p_i with weights normalised to 1
-        scores = torch.logsumexp(logprobs + (w / w.sum()).log(), dim=1)
-    elif method == "contrast":  # base + sum_i a_i (user_i - base) on logits
-        base = logits[:, -1]
-        scores = base + (w * (user_logits - base[:, None])).sum(dim=1)
-    else:
-        raise EngineError(f"{method!r} is not an output-space method")
-    return scores.log_softmax(dim=-1), w * logprobs.exp()
-
-
 class Engine:
     def __init__(
         self,
@@ -195,13 +142,15 @@ class Engine:
         self._tokenizer = None
         self._base_key: tuple[str, str | None] | None = None
         self._loaded: OrderedDict[str, Entry] = OrderedDict()  # LRU: id -> entry it came from
-        self._fused: str | None = None  # blend id whose dense delta is in the base weights
-        self._pristine: dict[str, torch.Tensor] = {}  # layer -> original base weight
+        self._fused: str | None = None  # blend id whose delta is in the base weights
+        self._weights = BaseWeights()  # pristine copies of the fused base weights
         self._dense_cache: OrderedDict[str, dict[str, torch.Tensor]] = OrderedDict()
         self._streak: tuple[str | None, int] = (None, 0)  # last live blend id, requests in a row
         self.fuse_after_requests = fuse_after_requests
         self._layers: list[tuple[str, torch.nn.Module]] | None = None  # LoRA layers, cached
+        self._slots: dict | None = None  # adapter -> its layers' scaling slots (zoo.layers)
         self._active: tuple[str, str] | None = None  # (mode, blend id) the scales are set for
+        self._active_users: tuple[str, ...] | None = None  # what set_adapter last activated
 
     # ------------------------------------------------------------------ registry and loading
     def refresh(self) -> None:
@@ -273,7 +222,7 @@ class Engine:
                     f"{result.unexpected_keys[:3]}"
                 )
             self._model.to(self.device).eval()
-            self._layers, self._active = None, None
+            self._forget_layers()
             self._loaded[user] = self.registry.get(user)
             logger.info("loaded adapter %s (%d loaded)", user, len(self._loaded))
         while len(self._loaded) > self.max_loaded_adapters:
@@ -285,58 +234,29 @@ class Engine:
     def _evict(self, adapter_id: str) -> None:
         self._unfuse()
         self._model.delete_adapter(adapter_id)
-        self._layers, self._active = None, None
+        self._forget_layers()
         del self._loaded[adapter_id]
         for key in [k for k in self._dense_cache if adapter_id in Blend.parse(k).users]:
             del self._dense_cache[key]
         logger.info("evicted adapter %s", adapter_id)
 
-    def _lora_layers(self) -> list[tuple[str, torch.nn.Module]]:
-        from peft.tuners.lora import LoraLayer
+    def _forget_layers(self) -> None:
+        """peft added or removed an adapter: layer list, scale slots and active set are stale."""
+        self._layers = self._slots = self._active = self._active_users = None
 
+    def _lora_layers(self) -> list[tuple[str, torch.nn.Module]]:
         if self._layers is None:
-            self._layers = [
-                (name.removeprefix("base_model.model."), module)
-                for name, module in self._model.named_modules()
-                if isinstance(module, LoraLayer)
-            ]
+            self._layers = find_lora_layers(self._model)
+            self._slots = scale_slots(self._layers)
         return self._layers
 
     # ------------------------------------------------------------------ blend state
-    @staticmethod
-    def _factors(layer, user: str) -> tuple[torch.Tensor, torch.Tensor, float] | None:
-        """(A, B, alpha / r) of one adapter in one layer, or None if it does not target it."""
-        if user not in layer.lora_A:
-            return None
-        r, alpha = layer.r[user], layer.lora_alpha[user]
-        scale = alpha / math.sqrt(r) if layer.use_rslora.get(user, False) else alpha / r
-        return layer.lora_A[user].weight, layer.lora_B[user].weight, scale
-
     def _dense_delta(self, blend: Blend) -> dict[str, torch.Tensor]:
         """Merged delta per layer, in the layout of the base weight; cached by blend id."""
         if blend.id in self._dense_cache:
             self._dense_cache.move_to_end(blend.id)
             return self._dense_cache[blend.id]
-        deltas = {}
-        for name, layer in self._lora_layers():
-            per_user, weights = [], []
-            for user, weight in blend.weights:
-                factors = self._factors(layer, user)
-                if factors is not None:
-                    A, B, scale = factors
-                    per_user.append((B.float() @ A.float()) * scale)
-                    weights.append(weight)
-            if not per_user:
-                continue
-            delta = merge_deltas(
-                per_user,
-                weights,
-                blend.method,
-                blend.density,
-                blend.seed,
-                layer_index=layer_index(name),
-            )
-            deltas[name] = delta.T if layer.fan_in_fan_out else delta
+        deltas = dense_deltas(self._lora_layers(), blend)
         self._dense_cache[blend.id] = deltas
         while len(self._dense_cache) > DENSE_CACHE_SIZE:
             self._dense_cache.popitem(last=False)
@@ -345,25 +265,17 @@ class Engine:
     def _fuse(self, blend: Blend) -> None:
         if self._fused == blend.id:
             return
-        self._unfuse()
-        deltas = self._dense_delta(blend)
-        layers = dict(self._lora_layers())
-        with torch.no_grad():
-            for name, delta in deltas.items():
-                weight = layers[name].get_base_layer().weight
-                if name not in self._pristine:
-                    self._pristine[name] = weight.detach().clone()
-                weight.copy_(self._pristine[name] + delta.to(weight.dtype))
+        layers = self._lora_layers()
+        if blend.method == "live":  # low rank: one addmm per layer, no dense delta
+            self._weights.fuse_low_rank(layers, blend.weights)
+        else:
+            self._weights.fuse_dense(layers, self._dense_delta(blend))
         self._fused = blend.id
 
     def _unfuse(self) -> None:
         if self._fused is None:
             return
-        layers = dict(self._lora_layers())
-        with torch.no_grad():
-            for name, original in self._pristine.items():
-                if name in layers:
-                    layers[name].get_base_layer().weight.copy_(original)
+        self._weights.restore(self._lora_layers())
         self._fused = None
 
     def _activate(self, blend: Blend, mode: str) -> None:
@@ -374,11 +286,14 @@ class Engine:
         self._unfuse()
         if self._active == (mode, blend.id):
             return  # scales and active set are already this blend's (a live re-step is free)
-        if mode == "live":
+        self._lora_layers()
+        if mode == "live" and self._active_users != blend.users:
             self._model.base_model.set_adapter(list(blend.users), inference_mode=True)
-        for _, layer in self._lora_layers():
-            for user, weight in blend.weights:
-                layer.set_scale(user, weight if mode == "live" else 1.0)
+            self._active_users = blend.users
+        # Output mode selects adapters per row (`adapter_names`) and runs each at scale 1.
+        set_scales(
+            self._slots, blend.weights if mode == "live" else ((u, 1.0) for u in blend.users)
+        )
         self._active = (mode, blend.id)
 
     def _forward(self, ids, cache, adapter_names):
@@ -550,121 +465,22 @@ class Engine:
             self._ensure_base()
             self._check_users(blend)
             self._ensure_adapters(blend.users)
-            parents = [self.registry.get(u) for u in blend.users]
-            handles = [h for p in parents for h in p.handles]
+            handles = [h for u in blend.users for h in self.registry.get(u).handles]
             try:
                 entry_id = entry_id or id_from_handles(handles)
             except RegistryError as e:
                 raise EngineError(str(e)) from e
             if entry_id in self.registry:
                 raise EngineError(f"{entry_id!r} is already in the zoo; pick another entry_id")
-            state, targets, energies, k, fan_in_fan_out = self._export_factors(blend, rank)
-            root = self.registry.root
-            final = root / "adapters" / entry_id
-            final.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{entry_id}.", dir=final.parent))
-            try:
-                self._write_folder(tmp, state, targets, k, fan_in_fan_out)
-                if final.exists():  # a leftover of a crashed export (the id is not registered)
-                    shutil.rmtree(final)
-                os.replace(tmp, final)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            stats: dict[str, PostStats] = {}
-            for parent in parents:
-                stats.update(parent.stats)
-            entry = Entry(
-                id=entry_id,
-                kind="cyborg",
-                handles=handles,
-                display_names=[d for p in parents for d in p.display_names],
-                base_model=self._base_key[0],
-                base_revision=self._base_key[1],
-                avatars=[a for p in parents for a in p.avatars],
-                source="blend",
-                stats=stats,
-                lora=LoraSettings(
-                    r=k,
-                    alpha=k,
-                    dropout=0.0,
-                    target_modules=sorted({t.rsplit(".", 1)[-1] for t in targets}),
-                ),
-                adapter_path=f"adapters/{entry_id}",
-                checksum=file_checksum(final / WEIGHTS_NAME),
-                parents=[Parent(u, w) for u, w in blend.weights],
-                blend={
-                    "method": blend.method,
-                    "density": blend.density,
-                    "seed": blend.seed,
-                    "rank": k,
-                    "energy_kept": min(energies) if energies else 1.0,
-                    "blend_id": blend.id,
-                },
+            entry = export_blend(
+                self.registry_path,
+                self.registry,
+                self._lora_layers(),
+                blend,
+                entry_id,
+                rank,
+                self._base_key,
+                self._tokenizer,
             )
-            register_entry(self.registry_path, entry)
             self.refresh()
             return entry
-
-    def _export_factors(self, blend: Blend, rank: int | None):
-        """Per-layer (A, B) at one common rank k, with scaling 1 (alpha = r = k)."""
-        layers = []
-        for name, layer in self._lora_layers():
-            found = [(self._factors(layer, u), w) for u, w in blend.weights]
-            found = [(f, w) for f, w in found if f is not None]
-            if found:
-                layers.append((name, layer, found))
-        if blend.method in ("live", "cat", "task_arithmetic"):
-            full = max(sum(f[0].shape[0] for f, _ in found) for *_, found in layers)
-        else:
-            full = max(min(f[1].shape[0], f[0].shape[1]) for *_, found in layers for f, _ in found)
-        k = full if rank is None else min(rank, full)
-        state, targets, energies, fan_in_fan_out = {}, set(), [], True
-        for name, layer, found in layers:
-            As = [f[0].float() for f, _ in found]
-            Bs = [f[1].float() for f, _ in found]
-            scaled = [w * f[2] for f, w in found]
-            if blend.method in ("live", "cat", "task_arithmetic"):
-                A, B, energy = factorize_weighted_sum(As, Bs, scaled, k)
-            else:
-                deltas = [b @ a * f[2] for a, b, (f, _) in zip(As, Bs, found, strict=True)]
-                merged = merge_deltas(
-                    deltas,
-                    [w for _, w in found],
-                    blend.method,
-                    blend.density,
-                    blend.seed,
-                    layer_index=layer_index(name),
-                )
-                A, B, energy = factorize_dense(merged, k, method="full")
-            prefix = f"base_model.model.{name}"
-            state[f"{prefix}.lora_A.weight"] = A.contiguous()
-            state[f"{prefix}.lora_B.weight"] = B.contiguous()
-            targets.add(name)
-            energies.append(energy)
-            fan_in_fan_out = layer.fan_in_fan_out
-        return state, targets, energies, k, fan_in_fan_out
-
-    def _write_folder(self, folder: Path, state, targets, k: int, fan_in_fan_out: bool) -> None:
-        from peft import LoraConfig
-        from safetensors.torch import save_file
-        from transformers import GenerationConfig
-
-        save_file({key: t.cpu() for key, t in state.items()}, str(folder / WEIGHTS_NAME))
-        config = LoraConfig(
-            r=k,
-            lora_alpha=k,  # scale 1: the factors already hold the blend's scales
-            lora_dropout=0.0,
-            target_modules=sorted(targets),  # full module paths: exact matches only
-            fan_in_fan_out=fan_in_fan_out,
-            task_type="CAUSAL_LM",
-            base_model_name_or_path=self._base_key[0],
-            revision=self._base_key[1],
-        )
-        config.save_pretrained(str(folder))
-        self._tokenizer.save_pretrained(str(folder))
-        eos = self._tokenizer.eos_token_id
-        GenerationConfig(
-            do_sample=True, top_p=0.95, max_new_tokens=40, eos_token_id=eos, pad_token_id=eos
-        ).save_pretrained(str(folder))
-        json.loads((folder / "adapter_config.json").read_text())  # written and parseable
