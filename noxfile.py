@@ -53,8 +53,8 @@ def gpu(session: nox.Session) -> None:
 @nox.session
 def browser(session: nox.Session) -> None:
     """Playwright drives Debian's chromium through the whole Space journey."""
-    if not shutil.which("chromium"):
-        session.run("apt-get", "install", "-y", "chromium", external=True)
+    if not shutil.which("chromium"):  # emoji font: the cards' robot line renders as boxes without
+        session.run("apt-get", "install", "-y", "chromium", "fonts-noto-color-emoji", external=True)
     install(session, "test,browser")
     session.run("pytest", "-q", "-m", "browser", *session.posargs, env=ENV)
 

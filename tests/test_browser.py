@@ -43,6 +43,7 @@ def space(tmp_path_factory, tiny_model_dir):
 @pytest.fixture(scope="module")
 def browser():
     sync_api = pytest.importorskip("playwright.sync_api")
+    sync_api.expect.set_options(timeout=TIMEOUT_MS)  # expect() has its own 5 s default
     if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (apt-get install chromium)")
     with sync_api.sync_playwright() as p:
@@ -56,8 +57,9 @@ def pick(page, handle: str) -> None:
     box = page.locator("#users input")
     box.click()
     box.press_sequentially(f"@{handle}")
-    page.get_by_role("option", name=re.compile(f"@{handle}")).first.wait_for()
-    box.press("Enter")
+    option = page.get_by_role("option", name=re.compile(f"@{handle}")).first
+    option.wait_for()
+    option.click()  # Enter would add the typed text itself: the dropdown accepts custom values
     page.keyboard.press("Escape")
 
 

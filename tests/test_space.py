@@ -79,7 +79,11 @@ def serve(registry: Path):
     demo = cyborg_ui.build_demo(registry)
     demo.queue(**cyborg_ui.QUEUE)
     _, url, _ = demo.launch(
-        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        quiet=True,
+        css=cyborg_ui.CSS,
     )
     return demo, url
 

@@ -20,4 +20,4 @@ demo = cyborg_ui.build_demo(os.environ.get("HUGGINGTWEETS_REGISTRY", str(default
 demo.queue(**cyborg_ui.QUEUE)
 
 if __name__ == "__main__":
-    demo.launch()
+    demo.launch(css=cyborg_ui.CSS)

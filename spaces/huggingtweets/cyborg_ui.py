@@ -630,9 +630,17 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
     return demo
 
 
+# The model cards' header uses the Hub's utility classes; give them their meaning here too.
+CSS = """
+.flex { display: flex; }
+.inline-flex { display: inline-flex; }
+.flex-col { flex-direction: column; }
+"""
+
+
 def launch(
     registry_path: str | Path, host: str = "127.0.0.1", port: int = 7860, share: bool = False
 ) -> None:
     """Build, queue and serve the Space (blocks until interrupted)."""
     demo = build_demo(registry_path)
-    demo.queue(**QUEUE).launch(server_name=host, server_port=port, share=share)
+    demo.queue(**QUEUE).launch(server_name=host, server_port=port, share=share, css=CSS)
