@@ -17,7 +17,7 @@ ids (LRU, `max_loaded_adapters`). How a blend runs depends on its method:
   blend changes.
 - other weight methods (task_arithmetic, ties, dare_*, magnitude_prune, cat): the merged dense
   delta of each layer (`zoo.blend.merge_deltas`) is cached by blend id and fused into the base
-  weights while that blend runs; the LoRA layers then run as "__base__".
+  weights while that blend runs; the LoRA branches are switched off meanwhile.
 - output methods (product, mixture, contrast): one batched forward per token with
   `adapter_names` (row i runs adapter i, plus a "__base__" row for contrast); the per-row
   distributions are combined and each sampled token is attributed to the user whose weighted
@@ -151,6 +151,7 @@ class Engine:
         self._slots: dict | None = None  # adapter -> its layers' scaling slots (zoo.layers)
         self._active: tuple[str, str] | None = None  # (mode, blend id) the scales are set for
         self._active_users: tuple[str, ...] | None = None  # what set_adapter last activated
+        self._adapters_on: bool | None = None  # LoRA layers enabled (off while a blend is fused)
 
     # ------------------------------------------------------------------ registry and loading
     def refresh(self) -> None:
@@ -243,6 +244,7 @@ class Engine:
     def _forget_layers(self) -> None:
         """peft added or removed an adapter: layer list, scale slots and active set are stale."""
         self._layers = self._slots = self._active = self._active_users = None
+        self._adapters_on = None
 
     def _lora_layers(self) -> list[tuple[str, torch.nn.Module]]:
         if self._layers is None:
@@ -278,12 +280,22 @@ class Engine:
         self._weights.restore(self._lora_layers())
         self._fused = None
 
+    def _enable_adapters(self, on: bool) -> None:
+        """Switch the LoRA branches of every layer on or off (off costs nothing per token, unlike
+        `adapter_names=["__base__"]`, whose forward hooks walk all modules at every step)."""
+        if self._adapters_on != on:
+            for _, layer in self._lora_layers():
+                layer.enable_adapters(on)
+            self._adapters_on = on
+
     def _activate(self, blend: Blend, mode: str) -> None:
         """Make the model compute `blend` in `mode` ("live", "fused" or "output")."""
         if mode == "fused":
             self._fuse(blend)
+            self._enable_adapters(False)  # the base layers alone compute the fused blend
             return
         self._unfuse()
+        self._enable_adapters(True)
         if self._active == (mode, blend.id):
             return  # scales and active set are already this blend's (a live re-step is free)
         self._lora_layers()
@@ -298,7 +310,9 @@ class Engine:
 
     def _forward(self, ids, cache, adapter_names):
         kwargs = {"adapter_names": adapter_names} if adapter_names is not None else {}
-        out = self._model(input_ids=ids, cache=cache, use_cache=True, **kwargs)
+        # logits_to_keep=1: only the last position's logits are used (the prompt's would cost
+        # one lm_head pass each on the first step).
+        out = self._model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
         return out.logits[:, -1, :].float(), out.cache
 
     # ------------------------------------------------------------------ requests
@@ -357,10 +371,8 @@ class Engine:
     def _decode(self, blend: Blend, prompt_ids: list[int], mode: str, params: SamplingParams):
         users, n = blend.users, params.num_samples
         with_base = blend.method == "contrast"
-        if mode == "output":
-            row_names = list(users) + ([BASE] if with_base else [])
-        else:
-            row_names = [BASE] if mode == "fused" else [None]
+        # Output mode: row i runs adapter i. Live runs the active adapters, fused none of them.
+        row_names = list(users) + ([BASE] if with_base else []) if mode == "output" else [None]
         rows = len(row_names)
         adapter_names = None if row_names == [None] else row_names * n
         weights = torch.tensor([w for _, w in blend.weights], device=self.device)
@@ -442,7 +454,7 @@ class Engine:
                     logits[None], blend.method, weights, blend.method == "contrast"
                 )
                 return scores[0]
-            logits, _ = self._forward(ids, None, [BASE] if mode == "fused" else None)
+            logits, _ = self._forward(ids, None, None)
             return logits[0].log_softmax(dim=-1)
 
     # ------------------------------------------------------------------ export
