@@ -32,8 +32,13 @@ def fetch(
 ) -> UserPosts:
     username = user.strip().lstrip("@")
     errors = _tweepy_errors()
+    token = bearer_token or os.environ.get("X_BEARER_TOKEN", "")
     if client is None:
-        client = _make_client(bearer_token or os.environ.get("X_BEARER_TOKEN", ""))
+        client = _make_client(token)
+    # tweepy logs each request's headers, bearer token included, at DEBUG (`huggingtweets -v`).
+    redact = _RedactToken(token)
+    tweepy_logger = logging.getLogger("tweepy.client")
+    tweepy_logger.addFilter(redact)
     try:
         response = client.get_user(username=username, user_fields=["name", "profile_image_url"])
         account = response.data
@@ -60,9 +65,24 @@ def fetch(
         ) from error
     except errors["TweepyException"] as error:
         raise SourceError(f"X API request for {username!r} failed: {error}") from error
+    finally:
+        tweepy_logger.removeFilter(redact)
     if not posts:
         raise SourceError(f"no posts for X user {username!r} (protected, or nothing posted)")
     return UserPosts(profile=profile, posts=posts)
+
+
+class _RedactToken(logging.Filter):
+    """Replace the bearer token in log records (tweepy's DEBUG lines print request headers)."""
+
+    def __init__(self, token: str):
+        super().__init__()
+        self.token = token
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.token and self.token in (message := record.getMessage()):
+            record.msg, record.args = message.replace(self.token, "<redacted>"), None
+        return True
 
 
 def _make_client(bearer_token: str):
