@@ -12,12 +12,15 @@ standard Hugging Face login (`hf auth login` or `HF_TOKEN`); this module never r
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +41,9 @@ METADATA_FILE = "huggingtweets.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
 REQUIRED_FILES = (ADAPTER_WEIGHTS, ADAPTER_CONFIG, "README.md", "predictions.png")
+# What a pull downloads and copies into the zoo: weights, configs, tokenizer, card, thumbnail.
+# Never pickles (*.bin, *.pt) or code (*.py), whatever else the repo holds.
+PULL_PATTERNS = ("*.safetensors", "*.json", "*.txt", "*.md", "*.png")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?"
 _REPO_ID_RE = re.compile(rf"^{_NAME}/{_NAME}$")
 _BASE_ID_RE = re.compile(rf"^(?:{_NAME}/)?{_NAME}$")
@@ -49,7 +55,7 @@ class HubError(ValueError):
 
 def validate_repo_id(repo_id: str) -> str:
     """Return `repo_id` if it is an `owner/name` Hub id; raise `HubError` otherwise."""
-    if not isinstance(repo_id, str) or not _REPO_ID_RE.match(repo_id) or ".." in repo_id:
+    if not isinstance(repo_id, str) or not _REPO_ID_RE.fullmatch(repo_id) or ".." in repo_id:
         raise HubError(f"repo id {repo_id!r} must look like 'owner/name' (no '..', no spaces)")
     if len(repo_id) > 96:
         raise HubError(f"repo id {repo_id!r} is longer than 96 characters")
@@ -58,7 +64,7 @@ def validate_repo_id(repo_id: str) -> str:
 
 def is_hub_model_id(model: str) -> bool:
     """Whether `model` names a Hub model ('gpt2', 'owner/name') rather than a local folder."""
-    return bool(_BASE_ID_RE.match(model)) and ".." not in model and not Path(model).exists()
+    return bool(_BASE_ID_RE.fullmatch(model)) and ".." not in model and not Path(model).exists()
 
 
 @dataclass
@@ -214,7 +220,14 @@ def pull_adapter(
     from huggingface_hub import snapshot_download
 
     validate_repo_id(repo_id)
-    snapshot = Path(snapshot_download(repo_id=repo_id, revision=revision, repo_type="model"))
+    snapshot = Path(
+        snapshot_download(
+            repo_id=repo_id,
+            revision=revision,
+            repo_type="model",
+            allow_patterns=list(PULL_PATTERNS),
+        )
+    )
     if not (snapshot / ADAPTER_WEIGHTS).is_file() or not (snapshot / ADAPTER_CONFIG).is_file():
         raise HubError(f"{repo_id} holds no PEFT adapter ({ADAPTER_WEIGHTS}, {ADAPTER_CONFIG})")
     commit = snapshot.name if re.fullmatch(r"[0-9a-f]{40}", snapshot.name) else revision
@@ -260,20 +273,35 @@ def pull_adapter(
         raise HubError(f"{entry_id!r} is already in {registry.path}; pass overwrite=True")
     target = registry.root / "adapters" / entry_id
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Copy next to the target, then swap it in: a failed copy never leaves half a folder.
+    # Copy next to the target, then swap it in: a failed copy never leaves half a folder. An
+    # existing folder is moved aside and put back if registering fails (lock timeout, Ctrl-C...),
+    # so an overwrite that does not complete keeps the old adapter and its entry in agreement.
     staging = Path(tempfile.mkdtemp(prefix=f".{entry_id}.", dir=target.parent))
+    aside = target.with_name(f".{entry_id}.old-{uuid.uuid4().hex[:8]}")
+    had_old = placed = False
     try:
         for path in snapshot.iterdir():
-            if path.is_file() and not path.name.startswith("."):
+            allowed = any(fnmatch.fnmatch(path.name, p) for p in PULL_PATTERNS)
+            if path.is_file() and allowed and not path.name.startswith("."):
                 shutil.copyfile(path, staging / path.name)  # follows the cache's blob symlinks
         if file_checksum(staging / ADAPTER_WEIGHTS) != actual:
             raise HubError(f"{ADAPTER_WEIGHTS} changed while copying from {snapshot}")
-        if target.exists():
-            shutil.rmtree(target)
+        had_old = target.exists()
+        if had_old:
+            os.replace(target, aside)
         staging.rename(target)
+        placed = True
+        register_entry(registry_path, entry, overwrite=overwrite)
+    except BaseException:
+        if placed:
+            shutil.rmtree(target, ignore_errors=True)
+        if had_old:
+            os.replace(aside, target)
+        raise
     finally:
         if staging.exists():
             shutil.rmtree(staging)
-    register_entry(registry_path, entry, overwrite=overwrite)
+    if had_old:
+        shutil.rmtree(aside, ignore_errors=True)
     logger.info("pulled %s@%s into %s", repo_id, commit, target)
     return entry
