@@ -40,7 +40,7 @@ _PROFILE_URLS = {
 
 def is_hub_id(model: str) -> bool:
     """Whether `model` reads as a Hub model id rather than a local folder."""
-    return bool(_HUB_ID_RE.match(model)) and ".." not in model and not Path(model).is_absolute()
+    return bool(_HUB_ID_RE.fullmatch(model)) and ".." not in model and not Path(model).is_absolute()
 
 
 def model_license(base_model: str) -> str:

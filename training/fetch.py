@@ -101,7 +101,7 @@ def run(cfg: FetchConfig) -> Path:
 
 def user_folder(data_dir: str | Path, handle: str) -> Path:
     """`<data_dir>/<handle>`, refusing handles that are not a plain folder name."""
-    if not _FOLDER_RE.match(handle) or ".." in handle:
+    if not _FOLDER_RE.fullmatch(handle) or ".." in handle:
         raise ValueError(f"handle {handle!r} cannot be a folder name (letters, digits, _ - . only)")
     return Path(data_dir) / handle
 

@@ -33,7 +33,7 @@ SCHEMA_VERSION = 1
 DEFAULT_BASE_MODEL = "openai-community/gpt2"
 MAX_ID_LENGTH = 96
 # Ids are handles: ASCII letters, digits, '_' and '-' (the cyborg id joins handles with '-').
-_ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+_ID_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]*")
 
 Kind = Literal["user", "cyborg"]
 
@@ -52,7 +52,7 @@ def validate_id(entry_id: str) -> str:
         )
     if len(entry_id) > MAX_ID_LENGTH:
         raise RegistryError(f"adapter id {entry_id!r} is longer than {MAX_ID_LENGTH} characters")
-    if not _ID_RE.match(entry_id):
+    if not _ID_RE.fullmatch(entry_id):  # not .match: '$' also matches before a final newline
         raise RegistryError(
             f"adapter id {entry_id!r} may only hold letters, digits, '_' and '-' "
             "(no slashes, dots or spaces)"

@@ -126,7 +126,7 @@ def _user_posts(
     avatar_url: str = "",
 ) -> UserPosts:
     handle = (handle or path.stem).lstrip("@")
-    if not _HANDLE_RE.match(handle) or ".." in handle:
+    if not _HANDLE_RE.fullmatch(handle) or ".." in handle:
         raise SourceError(
             f"{handle!r} (from {path.name}) is not a usable handle; pass the handle option "
             "(letters, digits, '_', '-' and '.')"
