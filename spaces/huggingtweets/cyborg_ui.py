@@ -27,7 +27,7 @@ import gradio as gr
 from cards import render_card, write_card
 from cards.thumbnail import avatar_color, initials
 from zoo.blend import MAX_ABS_WEIGHT, MAX_USERS, OUTPUT_METHODS, Blend, BlendError
-from zoo.registry import Entry, Parent, Registry, id_from_handles, load_registry
+from zoo.registry import Entry, Parent, Registry, id_from_handles, load_registry, validate_id
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +264,13 @@ def sampling_from_widgets(num_samples, temperature, top_p, max_new_tokens, seed)
     )
 
 
+def check_export_id(text: str | None) -> str | None:
+    """The cyborg id typed by a visitor (None: join the handles), checked before anything is
+    written: the id becomes a folder name, so '..', '/abs' or 'a/b' must never reach the disk."""
+    text = (text or "").strip()
+    return validate_id(text) if text else None
+
+
 def samples_text(prompt: str, samples) -> str:
     return "\n\n".join(f"{prompt}{s.text}" for s in samples)
 
@@ -481,13 +488,14 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
             from zoo.engine import SamplingParams
 
             blend = blend_from_widgets(users, weights, method, density, seed)
+            entry_id = check_export_id(entry_id)
             if blend.method in OUTPUT_METHODS:
                 raise BlendError(
                     f"{blend.method!r} mixes the users' outputs at every token, so it cannot be "
                     "saved as one adapter; pick a weight-space method (live, ties, dare...)"
                 )
             engine = get_engine(registry_path)
-            entry = engine.export(blend, entry_id=(entry_id or "").strip() or None)
+            entry = engine.export(blend, entry_id=entry_id)
             samples = [
                 (p, engine.generate(blend, p, SamplingParams(seed=i))[0].text.strip())
                 for i, p in enumerate(SAMPLE_PROMPTS)
