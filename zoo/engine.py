@@ -32,6 +32,7 @@ active set or fused delta), so concurrent requests never see each other's blend;
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -43,18 +44,17 @@ from pathlib import Path
 import torch
 
 from zoo.blend import OUTPUT_METHODS, Blend, BlendError
-from zoo.export import export_blend
+from zoo.export import LOW_RANK_METHODS, export_blend
 from zoo.layers import (
     BaseWeights,
     dense_deltas,
     find_lora_layers,
     layer_index,  # noqa: F401  (public here since the first engine; tests use it)
-    scale_slots,
-    set_scales,
 )
 from zoo.loading import AdapterLoadError, load_adapter, load_base
 from zoo.registry import Entry, Registry, RegistryError, id_from_handles, load_registry
 from zoo.sampling import combine_outputs, sample_next
+from zoo.slots import SlotPool
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,88 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+class _Request:
+    """One request's decoding state: its rows in a forward batch, its sampler, its text so far.
+
+    Rows: `num_samples` blocks of `rows_per_sample` rows; an output-space blend has one row per
+    user (+ a base row for contrast), a slot or fused blend one row per sample."""
+
+    def __init__(self, blend: Blend, prompt_ids: list[int], mode: str, params, engine: Engine):
+        self.blend, self.prompt_ids, self.mode, self.params = blend, prompt_ids, mode, params
+        self.with_base = blend.method == "contrast"
+        self.names = list(blend.users) + ([BASE] if self.with_base else [])
+        self.rows_per_sample = len(self.names) if mode == "output" else 1
+        self.num_rows = self.rows_per_sample * params.num_samples
+        self.weights = torch.tensor([w for _, w in blend.weights], device=engine.device)
+        self.generator = torch.Generator().manual_seed(params.seed)
+        self.tokenizer, self.decode_piece = engine._tokenizer, engine._decode_piece
+        n = params.num_samples
+        self.new_ids: list[list[int]] = [[] for _ in range(n)]
+        self.speakers: list[list[str | None]] = [[] for _ in range(n)]
+        self.texts: list[str | None] = [None] * n  # final text of a finished sample
+        self.done = [False] * n
+        self.steps, self.finished = 0, False
+        self.slot: str | None = None  # the slot this step runs (set by Engine._setup)
+
+    def row_names(self) -> list[str]:
+        return ([self.slot] if self.mode == "slot" else self.names) * self.params.num_samples
+
+    def scores(self, logits: torch.Tensor):
+        """(log-space scores [num_samples, vocab], weighted probabilities or None)."""
+        if self.mode == "output":
+            rows = logits.view(self.params.num_samples, self.rows_per_sample, -1)
+            return combine_outputs(rows, self.blend.method, self.weights, self.with_base)
+        return logits.log_softmax(dim=-1), None
+
+    def step(self, logits: torch.Tensor, eos: int) -> torch.Tensor:
+        """Sample one token per sample from this request's rows; returns the next input ids."""
+        scores, weighted = self.scores(logits)
+        chosen = sample_next(scores, self.params, self.generator)
+        users, cut = self.blend.users, self.params.stop_at_newline
+        for i, token in enumerate(chosen.tolist()):
+            if self.done[i]:
+                continue
+            if token == eos:
+                self.done[i] = True
+                continue
+            self.new_ids[i].append(token)
+            who = None if weighted is None else users[int(weighted[i, :, token].argmax())]
+            self.speakers[i].append(who)
+            # A newline byte is whole in the token holding it (byte-level BPE), so the piece
+            # tells whether the text now holds one, without decoding the whole text per token.
+            if cut and "\n" in self.decode_piece(token):
+                self.done[i] = True
+        self.steps += 1
+        self.finished = all(self.done) or self.steps == self.params.max_new_tokens
+        return chosen.repeat_interleave(self.rows_per_sample)
+
+    def _text(self, i: int) -> str:
+        if self.texts[i] is not None:
+            return self.texts[i]
+        text = self.tokenizer.decode(self.new_ids[i])
+        if self.params.stop_at_newline and "\n" in text:
+            text = text.split("\n", 1)[0]
+        if self.done[i]:
+            self.texts[i] = text
+        return text
+
+    def samples(self) -> list[Sample]:
+        out = []
+        for i, (ids, speakers) in enumerate(zip(self.new_ids, self.speakers, strict=True)):
+            tokens, kept = [], []
+            for token, who in zip(ids, speakers, strict=True):
+                piece = self.decode_piece(token)
+                if self.params.stop_at_newline and "\n" in piece:  # drop the rest of the token
+                    if piece.split("\n", 1)[0]:
+                        tokens.append(piece.split("\n", 1)[0])
+                        kept.append(who)
+                    break
+                tokens.append(piece)
+                kept.append(who)
+            out.append(Sample(text=self._text(i), tokens=tokens, speakers=kept))
+        return out
+
+
 class Engine:
     def __init__(
         self,
@@ -148,10 +230,10 @@ class Engine:
         self._streak: tuple[str | None, int] = (None, 0)  # last live blend id, requests in a row
         self.fuse_after_requests = fuse_after_requests
         self._layers: list[tuple[str, torch.nn.Module]] | None = None  # LoRA layers, cached
-        self._slots: dict | None = None  # adapter -> its layers' scaling slots (zoo.layers)
-        self._active: tuple[str, str] | None = None  # (mode, blend id) the scales are set for
-        self._active_users: tuple[str, ...] | None = None  # what set_adapter last activated
+        self._pool = SlotPool()  # live blends as one stacked LoRA adapter each (zoo.slots)
+        self._active: tuple[str, ...] | None = None  # what set_adapter last activated
         self._adapters_on: bool | None = None  # LoRA layers enabled (off while a blend is fused)
+        self._pieces: dict[int, str] = {}  # token id -> its decoded text
 
     # ------------------------------------------------------------------ registry and loading
     def refresh(self) -> None:
@@ -195,6 +277,7 @@ class Engine:
             if (entry.base_model, entry.base_revision) != self._base_key:
                 raise EngineError(f"{user!r} was trained on another base ({entry.base_model})")
 
+    @torch.inference_mode(False)  # also called inside decode steps: weights must be normal tensors
     def _ensure_adapters(self, users: tuple[str, ...]) -> None:
         """Load missing adapters (under the lock) and evict the least recently used others."""
         from peft import get_peft_model, set_peft_model_state_dict
@@ -234,6 +317,7 @@ class Engine:
 
     def _evict(self, adapter_id: str) -> None:
         self._unfuse()
+        self._pool.drop_user(self._model, adapter_id)  # slots hold copies of its factors
         self._model.delete_adapter(adapter_id)
         self._forget_layers()
         del self._loaded[adapter_id]
@@ -242,14 +326,12 @@ class Engine:
         logger.info("evicted adapter %s", adapter_id)
 
     def _forget_layers(self) -> None:
-        """peft added or removed an adapter: layer list, scale slots and active set are stale."""
-        self._layers = self._slots = self._active = self._active_users = None
-        self._adapters_on = None
+        """peft added or removed an adapter: the layer list and the active set are stale."""
+        self._layers = self._active = self._adapters_on = None
 
     def _lora_layers(self) -> list[tuple[str, torch.nn.Module]]:
         if self._layers is None:
             self._layers = find_lora_layers(self._model)
-            self._slots = scale_slots(self._layers)
         return self._layers
 
     # ------------------------------------------------------------------ blend state
@@ -288,32 +370,35 @@ class Engine:
                 layer.enable_adapters(on)
             self._adapters_on = on
 
-    def _activate(self, blend: Blend, mode: str) -> None:
-        """Make the model compute `blend` in `mode` ("live", "fused" or "output")."""
-        if mode == "fused":
-            self._fuse(blend)
-            self._enable_adapters(False)  # the base layers alone compute the fused blend
-            return
-        self._unfuse()
-        self._enable_adapters(True)
-        if self._active == (mode, blend.id):
-            return  # scales and active set are already this blend's (a live re-step is free)
-        self._lora_layers()
-        if mode == "live" and self._active_users != blend.users:
-            self._model.base_model.set_adapter(list(blend.users), inference_mode=True)
-            self._active_users = blend.users
-        # Output mode selects adapters per row (`adapter_names`) and runs each at scale 1.
-        set_scales(
-            self._slots, blend.weights if mode == "live" else ((u, 1.0) for u in blend.users)
-        )
-        self._active = (mode, blend.id)
+    def _set_active(self, names: tuple[str, ...]) -> None:
+        if self._active != names:  # set_adapter walks every module: only when it changes
+            self._model.base_model.set_adapter(list(names), inference_mode=True)
+            self._active = names
 
-    def _forward(self, ids, cache, adapter_names):
-        kwargs = {"adapter_names": adapter_names} if adapter_names is not None else {}
-        # logits_to_keep=1: only the last position's logits are used (the prompt's would cost
-        # one lm_head pass each on the first step).
-        out = self._model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **kwargs)
-        return out.logits[:, -1, :].float(), out.cache
+    def _setup(self, requests: list[_Request]) -> dict:
+        """Make the model compute every request of one forward step (under the lock); returns
+        the forward's extra kwargs (`adapter_names` for a mixed batch)."""
+        self._ensure_adapters(tuple(sorted({u for r in requests for u in r.blend.users})))
+        if requests[0].mode == "fused":  # runs alone: the base layers compute the fused blend
+            self._fuse(requests[0].blend)
+            self._enable_adapters(False)
+            return {}
+        self._unfuse()
+        pinned: set[str] = set()
+        for request in requests:
+            if request.mode == "slot":
+                layers = self._lora_layers()
+                slot, changed = self._pool.acquire(self._model, layers, request.blend.weights, pinned)  # fmt: skip
+                if changed:
+                    self._model.eval()
+                    self._forget_layers()
+                request.slot = slot.name
+                pinned.add(slot.name)
+        self._enable_adapters(True)
+        if len(requests) == 1 and requests[0].mode == "slot":
+            self._set_active((requests[0].slot,))  # one LoRA branch per layer, no hooks
+            return {}
+        return {"adapter_names": [name for r in requests for name in r.row_names()]}
 
     # ------------------------------------------------------------------ requests
     def _as_blend(self, blend) -> Blend:
@@ -328,8 +413,8 @@ class Engine:
             raise EngineError(f"expected a Blend, got {type(blend).__name__}")
         return blend
 
-    def _prepare(self, blend, prompt: str, params: SamplingParams):
-        """Validate a request and pick its mode; returns (blend, prompt ids, mode)."""
+    def _prepare(self, blend, prompt: str, params: SamplingParams, batched: bool = False):
+        """Validate a request and pick its mode ("slot", "fused" or "output")."""
         blend = self._as_blend(blend)
         if not isinstance(params, SamplingParams):
             raise EngineError(f"params must be SamplingParams, got {type(params).__name__}")
@@ -341,12 +426,14 @@ class Engine:
             self._ensure_adapters(blend.users)
             if blend.method in OUTPUT_METHODS:
                 mode = "output"
+            elif batched:  # a batch shares one forward: low-rank blends run as slots
+                mode = "slot" if blend.method in LOW_RANK_METHODS else "fused"
             elif blend.method == "live":
                 last, count = self._streak
                 count = count + 1 if last == blend.id else 1
                 self._streak = (blend.id, count)
                 fuse = 0 < self.fuse_after_requests <= count
-                mode = "fused" if fuse else "live"
+                mode = "fused" if fuse else "slot"
             else:
                 mode = "fused"
         tok = self._tokenizer
@@ -358,104 +445,118 @@ class Engine:
                 f"prompt too long: {len(ids) - 1} tokens + max_new_tokens "
                 f"{params.max_new_tokens} exceed the model's {limit - 1}-token window"
             )
-        return blend, ids, mode
+        return _Request(blend, ids, mode, params, self)
 
     def stream(self, blend: Blend, prompt: str, params: SamplingParams) -> Iterator[list[Sample]]:
         """Yield all samples (partial text) after each new token; the last yield is final.
 
         The request is validated here, before the first token, so errors raise at the call.
         """
-        blend, prompt_ids, mode = self._prepare(blend, prompt, params)
-        return self._decode(blend, prompt_ids, mode, params)
-
-    def _decode(self, blend: Blend, prompt_ids: list[int], mode: str, params: SamplingParams):
-        users, n = blend.users, params.num_samples
-        with_base = blend.method == "contrast"
-        # Output mode: row i runs adapter i. Live runs the active adapters, fused none of them.
-        row_names = list(users) + ([BASE] if with_base else []) if mode == "output" else [None]
-        rows = len(row_names)
-        adapter_names = None if row_names == [None] else row_names * n
-        weights = torch.tensor([w for _, w in blend.weights], device=self.device)
-        generator = torch.Generator().manual_seed(params.seed)
-        tok = self._tokenizer
-        ids = torch.tensor([prompt_ids] * (n * rows), device=self.device)
-        cache = None
-        new_ids: list[list[int]] = [[] for _ in range(n)]
-        speakers: list[list[str | None]] = [[] for _ in range(n)]
-        texts, done = [""] * n, [False] * n
-        for _ in range(params.max_new_tokens):
-            with self._lock, torch.inference_mode():
-                self._ensure_adapters(users)  # another request may have evicted one
-                self._activate(blend, mode)
-                logits, cache = self._forward(ids, cache, adapter_names)
-            if mode == "output":
-                scores, weighted = combine_outputs(
-                    logits.view(n, rows, -1), blend.method, weights, with_base
-                )
-            else:
-                scores, weighted = logits.log_softmax(dim=-1), None
-            chosen = sample_next(scores, params, generator)
-            for i in range(n):
-                if done[i]:
-                    continue
-                token = int(chosen[i])
-                if token == tok.eos_token_id:
-                    done[i] = True
-                    continue
-                new_ids[i].append(token)
-                who = None
-                if weighted is not None:
-                    who = users[int(weighted[i, :, token].argmax())]
-                speakers[i].append(who)
-                texts[i] = tok.decode(new_ids[i])
-                if params.stop_at_newline and "\n" in texts[i]:
-                    texts[i] = texts[i].split("\n", 1)[0]
-                    done[i] = True
-            yield [
-                self._sample(new_ids[i], speakers[i], texts[i], params.stop_at_newline)
-                for i in range(n)
-            ]
-            if all(done):
-                break
-            ids = chosen.repeat_interleave(rows)[:, None]
-
-    def _sample(self, ids: list[int], speakers: list, text: str, cut: bool) -> Sample:
-        tokens, kept = [], []
-        for token, who in zip(ids, speakers, strict=True):
-            piece = self._tokenizer.decode([token])
-            if cut and "\n" in piece:  # drop the rest of the token that held the newline
-                if piece.split("\n", 1)[0]:
-                    tokens.append(piece.split("\n", 1)[0])
-                    kept.append(who)
-                break
-            tokens.append(piece)
-            kept.append(who)
-        return Sample(text=text, tokens=tokens, speakers=kept)
+        request = self._prepare(blend, prompt, params)
+        return (request.samples() for _ in self._run([request]))
 
     def generate(self, blend: Blend, prompt: str, params: SamplingParams) -> list[Sample]:
-        samples: list[Sample] = []
-        for samples in self.stream(blend, prompt, params):  # noqa: B007
+        request = self._prepare(blend, prompt, params)
+        for _ in self._run([request]):
             pass
-        return samples
+        return request.samples()
+
+    def generate_batch(
+        self, requests: list[tuple[Blend, str, SamplingParams]]
+    ) -> list[list[Sample]]:
+        """Serve many (blend, prompt, params) requests in one batched decode; returns the samples
+        of each request, as `generate` would (same seed -> same tokens).
+
+        Low-rank weight blends (live, task_arithmetic, cat) run as blend slots and output-space
+        blends as per-user rows, all in one forward per token (`adapter_names` per row, prompts
+        left-padded). Dense merges (ties, dare_*, magnitude_prune) are full-rank deltas: as a slot
+        they would cost more than the base layers, so they run one after the other, fused."""
+        if not isinstance(requests, list | tuple) or any(
+            not isinstance(r, tuple | list) or len(r) != 3 for r in requests
+        ):
+            raise EngineError("requests must be a list of (blend, prompt, params) tuples")
+        prepared = [self._prepare(b, p, params, batched=True) for b, p, params in requests]
+        batch = [r for r in prepared if r.mode != "fused"]
+        while batch:  # groups holding at most as many slot requests as the pool has slots
+            counts = itertools.accumulate(r.mode == "slot" for r in batch)
+            size = sum(1 for n in counts if n <= self._pool.max_slots)
+            for _ in self._run(batch[:size]):
+                pass
+            batch = batch[size:]
+        for request in prepared:
+            if request.mode == "fused":
+                for _ in self._run([request]):
+                    pass
+        return [r.samples() for r in prepared]
+
+    def _decode_piece(self, token: int) -> str:
+        """The text of one token, decoded once per token id (a decode call costs ~20 us)."""
+        piece = self._pieces.get(token)
+        if piece is None:
+            piece = self._pieces[token] = self._tokenizer.decode([token])
+        return piece
+
+    def _run(self, requests: list[_Request]) -> Iterator[None]:
+        """Decode `requests` together, one forward per token for all; yields after each step.
+
+        Row blocks follow the request order; prompts are left-padded (attention mask and position
+        ids per row) only when their lengths differ, and a finished request's rows are dropped
+        from the batch and its KV cache."""
+        pad = self._tokenizer.eos_token_id
+        longest = max(len(r.prompt_ids) for r in requests)
+        rows = [[pad] * (longest - len(r.prompt_ids)) + r.prompt_ids for r in requests]
+        ids = torch.tensor([rows[k] for k, r in enumerate(requests) for _ in range(r.num_rows)])
+        ids = ids.to(self.device)
+        mask = positions = None
+        if any(len(r.prompt_ids) != longest for r in requests):
+            real = [longest - len(r.prompt_ids) for r in requests for _ in range(r.num_rows)]
+            mask = (torch.arange(longest)[None, :] >= torch.tensor(real)[:, None]).long()
+            mask = mask.to(self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache, active = None, list(requests)
+        while active:
+            extra = {}
+            if mask is not None:
+                extra = {"attention_mask": mask, "position_ids": positions}
+            with self._lock, torch.inference_mode():
+                extra |= self._setup(active)
+                logits, cache = self._forward(ids, cache, extra)
+            chosen, start = [], 0
+            for request in active:
+                block = logits[start : start + request.num_rows]
+                chosen.append(request.step(block, pad))
+                start += request.num_rows
+            yield
+            keep = [i for i, r in enumerate(active) if not r.finished]
+            if not keep:
+                break
+            if len(keep) < len(active):  # drop the finished requests' rows and their cache
+                starts = list(itertools.accumulate((r.num_rows for r in active), initial=0))
+                select = torch.tensor(
+                    [j for i in keep for j in range(starts[i], starts[i + 1])], device=self.device
+                )
+                cache.batch_select_indices(select)
+                if mask is not None:
+                    mask, positions = mask[select], positions[select]
+                active, chosen = [active[i] for i in keep], [chosen[i] for i in keep]
+            ids = torch.cat(chosen)[:, None]
+            if mask is not None:
+                mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
+                positions = positions[:, -1:] + 1
+
+    def _forward(self, ids, cache, extra: dict):
+        # logits_to_keep=1: only the last position's logits are used (the prompt's would cost
+        # one lm_head pass each on the first step).
+        out = self._model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **extra)
+        return out.logits[:, -1, :].float(), out.cache
 
     def next_token_logprobs(self, blend: Blend, prompt: str) -> torch.Tensor:
         """Log-probabilities [vocab] of the blend's next token after EOS + prompt (no sampling)."""
-        params = SamplingParams(max_new_tokens=1)
-        blend, prompt_ids, mode = self._prepare(blend, prompt, params)
-        ids = torch.tensor([prompt_ids], device=self.device)
+        request = self._prepare(blend, prompt, SamplingParams(max_new_tokens=1))
+        ids = torch.tensor([request.prompt_ids] * request.num_rows, device=self.device)
         with self._lock, torch.inference_mode():
-            self._ensure_adapters(blend.users)
-            self._activate(blend, mode)
-            if mode == "output":
-                names = list(blend.users) + ([BASE] if blend.method == "contrast" else [])
-                logits, _ = self._forward(ids.repeat(len(names), 1), None, names)
-                weights = torch.tensor([w for _, w in blend.weights], device=self.device)
-                scores, _ = combine_outputs(
-                    logits[None], blend.method, weights, blend.method == "contrast"
-                )
-                return scores[0]
-            logits, _ = self._forward(ids, None, None)
-            return logits[0].log_softmax(dim=-1)
+            logits, _ = self._forward(ids, None, self._setup([request]))
+            return request.scores(logits)[0][0]
 
     # ------------------------------------------------------------------ export
     def export(self, blend: Blend, entry_id: str | None = None, rank: int | None = 16) -> Entry:
