@@ -70,7 +70,7 @@ def test_loss_decreased_and_is_recorded(micro_base):
     assert m["eval_loss"] < m["initial_loss"] - 0.5
     assert m["train_loss"] < m["initial_loss"] - 0.5
     assert math.isclose(m["eval_perplexity"], math.exp(m["eval_loss"]), rel_tol=1e-2)
-    assert len(record["samples"]) == 2
+    assert len(record["samples"]) == 3
 
 
 def test_card_parses(micro_base):
@@ -126,6 +126,8 @@ def test_play_markdown_becomes_speeches():
         {"steps": 0},
         {"learning_rate": 0.0},
         {"device": "tpu"},
+        {"bf16": "maybe"},
+        {"dropout": 1.0},
     ],
 )
 def test_config_rejects_bad_values(tmp_path, bad):
