@@ -32,6 +32,9 @@ from zoo.registry import Registry, load_registry
 
 logger = logging.getLogger(__name__)
 
+# A LoRA on a 5 M-parameter base needs a larger step than train's GPT-2 default to find a voice.
+TINY_BASE_LEARNING_RATE = 2e-3
+
 
 def default_zoo_dir() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
@@ -64,8 +67,12 @@ class DemoConfig:
         default=None, metadata={"help": "cap on optimizer steps per adapter"}
     )
     batch_size: int = field(default=8, metadata={"help": "blocks per adapter training step"})
-    learning_rate: float = field(
-        default=2e-3, metadata={"help": "LoRA learning rate (a tiny base needs a high one)"}
+    learning_rate: float | None = field(
+        default=None,
+        metadata={
+            "help": f"LoRA learning rate (default {TINY_BASE_LEARNING_RATE} on the tiny base, "
+            "train's own default on a real base)"
+        },
     )
     r: int = field(default=8, metadata={"help": "LoRA rank"})
     seed: int = field(default=0, metadata={"help": "seed for pretraining and every adapter"})
@@ -93,7 +100,7 @@ class DemoConfig:
             "epochs": math.isfinite(self.epochs) and self.epochs > 0,
             "max_steps": self.max_steps is None or self.max_steps >= 1,
             "batch_size": self.batch_size >= 1,
-            "learning_rate": 0 < self.learning_rate < 1,
+            "learning_rate": self.learning_rate is None or 0 < self.learning_rate < 1,
             "r": self.r >= 1,
             "port": 0 <= self.port < 65536,
         }
@@ -167,6 +174,9 @@ def build_demo_zoo(
     from training.train import TrainConfig
     from training.train import run as train_account
 
+    learning_rate = cfg.learning_rate or (None if cfg.base else TINY_BASE_LEARNING_RATE)
+    options = {"learning_rate": learning_rate} if learning_rate else {}
+    options.update(train_overrides or {})
     bar = tqdm(todo, desc="demo accounts", unit="account")
     for account in bar:
         bar.set_postfix(account=account)
@@ -179,7 +189,6 @@ def build_demo_zoo(
                 data_dir=str(zoo / "data"),
                 r=cfg.r,
                 alpha=2 * cfg.r,
-                learning_rate=cfg.learning_rate,
                 epochs=cfg.epochs,
                 max_steps=cfg.max_steps,
                 batch_size=cfg.batch_size,
@@ -188,7 +197,7 @@ def build_demo_zoo(
                 overwrite=True,
                 write_card=cfg.write_cards,
                 device=cfg.device,
-                **(train_overrides or {}),
+                **options,
             )
         )
     logger.info(
