@@ -412,14 +412,6 @@ def test_failed_export_leaves_the_registry_and_folders_unchanged(zoo, monkeypatc
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (zoo/engine.py + zoo/export.py): Engine.export checks the id against its "
-    "cached registry, then export_blend rmtree()s an existing <zoo>/adapters/<id>/ as a 'crashed "
-    "export leftover'; an id registered by another process since the engine loaded (train, pull, "
-    "a second Space worker) loses its adapter and keeps an entry whose checksum no longer "
-    "matches. Fix: refresh + check under the registry lock, never delete a registered folder.",
-)
 def test_export_never_clobbers_an_entry_registered_since_the_engine_loaded(zoo, tiny_model_dir):
     from zoo.engine import Engine, EngineError
 

@@ -364,12 +364,6 @@ def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug (zoo/engine.py, zoo/export.py): Engine.export does not validate entry_id "
-    "before writing; '..' makes export_blend rmtree the whole zoo folder, 'a/b' creates "
-    "adapters/a/, '../evil' writes beside the registry. Fix: validate_id(entry_id) first.",
-)
 @pytest.mark.parametrize("bad", EXPORT_IDS)
 def test_engine_export_ids_cannot_leave_the_zoo(zoo_copy, bad):
     from zoo.engine import Engine, EngineError

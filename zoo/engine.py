@@ -52,7 +52,14 @@ from zoo.layers import (
     layer_index,  # noqa: F401  (public here since the first engine; tests use it)
 )
 from zoo.loading import AdapterLoadError, load_adapter, load_base
-from zoo.registry import Entry, Registry, RegistryError, id_from_handles, load_registry
+from zoo.registry import (
+    Entry,
+    Registry,
+    RegistryError,
+    id_from_handles,
+    load_registry,
+    validate_id,
+)
 from zoo.sampling import combine_outputs, sample_next
 from zoo.slots import SlotPool
 
@@ -580,20 +587,22 @@ class Engine:
             self._ensure_adapters(blend.users)
             handles = [h for u in blend.users for h in self.registry.get(u).handles]
             try:
-                entry_id = entry_id or id_from_handles(handles)
+                entry_id = validate_id(entry_id) if entry_id else id_from_handles(handles)
+                if entry_id in self.registry:
+                    raise RegistryError(
+                        f"{entry_id!r} is already in the zoo; pick another entry_id"
+                    )
+                entry = export_blend(
+                    self.registry_path,
+                    self.registry,
+                    self._lora_layers(),
+                    blend,
+                    entry_id,
+                    rank,
+                    self._base_key,
+                    self._tokenizer,
+                )
             except RegistryError as e:
                 raise EngineError(str(e)) from e
-            if entry_id in self.registry:
-                raise EngineError(f"{entry_id!r} is already in the zoo; pick another entry_id")
-            entry = export_blend(
-                self.registry_path,
-                self.registry,
-                self._lora_layers(),
-                blend,
-                entry_id,
-                rank,
-                self._base_key,
-                self._tokenizer,
-            )
             self.refresh()
             return entry

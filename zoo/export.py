@@ -29,8 +29,11 @@ from zoo.registry import (
     Parent,
     PostStats,
     Registry,
+    RegistryError,
+    edit_registry,
     file_checksum,
-    register_entry,
+    resolve_inside,
+    validate_id,
 )
 
 LOW_RANK_METHODS = ("live", "cat", "task_arithmetic")  # the blend is a weighted sum of LoRAs
@@ -123,49 +126,61 @@ def export_blend(
 
     The caller has checked the blend (a weight method, >= 2 loaded users) and that `entry_id` is
     free; its adapters are the LoRA layers in `layers`."""
+    validate_id(entry_id)  # before any path is built from it: '..' or 'a/b' never reach disk
     parents = [registry.get(u) for u in blend.users]
     state, targets, energies, k, fan_in_fan_out = export_factors(layers, blend, rank)
-    final = registry.root / "adapters" / entry_id
+    final = resolve_inside(registry.root, Path("adapters") / entry_id)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry_id}.", dir=final.parent))
+    moved = False
     try:
         write_folder(tmp, state, targets, k, fan_in_fan_out, base_key, tokenizer)
-        if final.exists():  # a leftover of a crashed export (the id is not registered)
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        stats: dict[str, PostStats] = {}
+        for parent in parents:
+            stats.update(parent.stats)
+        entry = Entry(
+            id=entry_id,
+            kind="cyborg",
+            handles=[h for p in parents for h in p.handles],
+            display_names=[d for p in parents for d in p.display_names],
+            base_model=base_key[0],
+            base_revision=base_key[1],
+            avatars=[a for p in parents for a in p.avatars],
+            source="blend",
+            stats=stats,
+            lora=LoraSettings(
+                r=k,
+                alpha=k,
+                dropout=0.0,
+                target_modules=sorted({t.rsplit(".", 1)[-1] for t in targets}),
+            ),
+            adapter_path=f"adapters/{entry_id}",
+            checksum=file_checksum(tmp / WEIGHTS_NAME),
+            parents=[Parent(u, w) for u, w in blend.weights],
+            blend={
+                "method": blend.method,
+                "density": blend.density,
+                "seed": blend.seed,
+                "rank": k,
+                "energy_kept": min(energies) if energies else 1.0,
+                "blend_id": blend.id,
+            },
+        )
+        # Check and publish under the registry lock, against the registry on disk (another
+        # process may have registered this id since the engine read it). An existing folder is
+        # never deleted: it may be another writer's adapter on its way to being registered.
+        with edit_registry(registry_path) as current:
+            if entry_id in current:
+                raise RegistryError(f"{entry_id!r} is already in the zoo; pick another entry_id")
+            if final.exists():
+                raise RegistryError(
+                    f"{final} exists but is not registered (a crashed run?); "
+                    "remove it or pick another entry_id"
+                )
+            os.replace(tmp, final)
+            moved = True
+            current.entries[entry_id] = entry
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(final if moved else tmp, ignore_errors=True)
         raise
-    stats: dict[str, PostStats] = {}
-    for parent in parents:
-        stats.update(parent.stats)
-    entry = Entry(
-        id=entry_id,
-        kind="cyborg",
-        handles=[h for p in parents for h in p.handles],
-        display_names=[d for p in parents for d in p.display_names],
-        base_model=base_key[0],
-        base_revision=base_key[1],
-        avatars=[a for p in parents for a in p.avatars],
-        source="blend",
-        stats=stats,
-        lora=LoraSettings(
-            r=k,
-            alpha=k,
-            dropout=0.0,
-            target_modules=sorted({t.rsplit(".", 1)[-1] for t in targets}),
-        ),
-        adapter_path=f"adapters/{entry_id}",
-        checksum=file_checksum(final / WEIGHTS_NAME),
-        parents=[Parent(u, w) for u, w in blend.weights],
-        blend={
-            "method": blend.method,
-            "density": blend.density,
-            "seed": blend.seed,
-            "rank": k,
-            "energy_kept": min(energies) if energies else 1.0,
-            "blend_id": blend.id,
-        },
-    )
-    register_entry(registry_path, entry)
     return entry
