@@ -10,7 +10,7 @@ from _adapters import build_zoo, logprobs, reference_model
 
 from zoo.blend import Blend
 from zoo.engine import Engine, EngineError, SamplingParams
-from zoo.slots import ScaledLinear
+from zoo.slots import SlotLinear
 
 PROMPT = "I think the"
 TOL = 1e-4
@@ -50,8 +50,8 @@ def test_slot_equals_dense_reference(engine, zoo, tiny_model_dir, weights):
     slot = next(s for s in engine._pool.slots.values() if s.users == tuple(sorted(weights)))
     assert engine._active == (slot.name,)  # decoded through the one slot adapter
     assert slot.ranks == tuple(2 if u == "carol" else 4 for u in sorted(weights))
-    modules = [m for m in engine._model.modules() if isinstance(m, ScaledLinear)]
-    assert any(m.scale is slot.scale for m in modules)
+    modules = [m for m in engine._model.modules() if isinstance(m, SlotLinear)]
+    assert any(m.slot is slot for m in modules) and slot.scale.shape == (sum(slot.ranks),)
 
 
 def test_reweight_rewrites_the_slot_and_equals_a_fresh_blend(engine, zoo, tiny_model_dir):
@@ -80,7 +80,7 @@ def test_slot_pool_evicts_lru_and_stays_exact(zoo, tiny_model_dir):
 
 REQUESTS = [
     (Blend.from_weights({"alice": 0.9, "bob": 0.1}), PROMPT, greedy(10)),
-    (Blend.from_weights({"alice": 0.2, "bob": 0.8}), "Hello", greedy(7)),  # same users, 2nd slot
+    (Blend.from_weights({"alice": 0.2, "bob": 0.8}), "Hello", greedy(7)),  # same slot, own row
     (
         Blend.from_weights({"bob": 1, "carol": -0.5}),
         "I think the world is",

@@ -391,21 +391,52 @@ class Engine:
             self._enable_adapters(False)
             return {}
         self._unfuse()
-        pinned: set[str] = set()
+        groups: dict[tuple[str, ...], list[_Request]] = {}  # slot requests by user set
         for request in requests:
             if request.mode == "slot":
-                layers = self._lora_layers()
-                slot, changed = self._pool.acquire(self._model, layers, request.blend.weights, pinned)  # fmt: skip
-                if changed:
-                    self._model.eval()
-                    self._forget_layers()
+                groups.setdefault(request.blend.users, []).append(request)
+        pinned: set[str] = set()
+        for users, group in groups.items():
+            slot, changed = self._pool.acquire(self._model, self._lora_layers(), users, pinned)
+            if changed:
+                self._model.eval()
+                self._forget_layers()
+            pinned.add(slot.name)
+            for request in group:
                 request.slot = slot.name
-                pinned.add(slot.name)
+            if len(requests) == 1:
+                slot.set_weights(group[0].blend.weights)
+            else:  # rows of this slot, in batch order: one blend per row
+                slot.set_rows(tuple(r.blend.weights for r in group for _ in range(r.num_rows)))
         self._enable_adapters(True)
         if len(requests) == 1 and requests[0].mode == "slot":
             self._set_active((requests[0].slot,))  # one LoRA branch per layer, no hooks
             return {}
         return {"adapter_names": [name for r in requests for name in r.row_names()]}
+
+    def _forward(self, ids, cache, extra: dict):
+        """One decode step. `adapter_names` (a mixed batch) reaches the LoRA layers through
+        pre-forward hooks on the cached layer list, as peft does, without peft's two walks over
+        every module per call."""
+        names = extra.pop("adapter_names", None)
+        hooks = []
+        if names is not None:
+
+            def inject(module, args, kwargs):
+                return args, {**kwargs, "adapter_names": names}
+
+            hooks = [
+                layer.register_forward_pre_hook(inject, with_kwargs=True)
+                for _, layer in self._lora_layers()
+            ]
+        try:
+            # logits_to_keep=1: only the last position's logits are used (the prompt's would
+            # cost one lm_head pass each on the first step).
+            out = self._model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **extra)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return out.logits[:, -1, :].float(), out.cache
 
     # ------------------------------------------------------------------ requests
     def _as_blend(self, blend) -> Blend:
@@ -484,9 +515,11 @@ class Engine:
             raise EngineError("requests must be a list of (blend, prompt, params) tuples")
         prepared = [self._prepare(b, p, params, batched=True) for b, p, params in requests]
         batch = [r for r in prepared if r.mode != "fused"]
-        while batch:  # groups holding at most as many slot requests as the pool has slots
-            counts = itertools.accumulate(r.mode == "slot" for r in batch)
-            size = sum(1 for n in counts if n <= self._pool.max_slots)
+        while batch:  # groups holding at most as many user sets (slots) as the pool has slots
+            sets = itertools.accumulate(
+                ({r.blend.users} if r.mode == "slot" else set() for r in batch), set.union
+            )
+            size = sum(1 for users in sets if len(users) <= self._pool.max_slots)
             for _ in self._run(batch[:size]):
                 pass
             batch = batch[size:]
@@ -550,12 +583,6 @@ class Engine:
             if mask is not None:
                 mask = torch.cat([mask, mask.new_ones(len(mask), 1)], dim=1)
                 positions = positions[:, -1:] + 1
-
-    def _forward(self, ids, cache, extra: dict):
-        # logits_to_keep=1: only the last position's logits are used (the prompt's would cost
-        # one lm_head pass each on the first step).
-        out = self._model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1, **extra)
-        return out.logits[:, -1, :].float(), out.cache
 
     def next_token_logprobs(self, blend: Blend, prompt: str) -> torch.Tensor:
         """Log-probabilities [vocab] of the blend's next token after EOS + prompt (no sampling)."""
