@@ -9,10 +9,11 @@
 One base model is loaded once; adapters are loaded lazily into one PeftModel under their registry
 ids (LRU, `max_loaded_adapters`). How a blend runs depends on its method:
 
-- `live`: the blend's adapters are active together and each LoRA layer's scale is set to
-  w_i * alpha_i / r_i, which is exactly W0 + sum_i w_i dW_i; a slider re-weight only writes those
-  scales (tens of microseconds; `set_adapter` runs only when the set of users changes). When the
-  same blend comes again (2nd request in a row) its low-rank delta is fused into the base weights
+- `live`: the blend runs as one extra LoRA adapter, its *slot* (`zoo.slots`): the users' factors
+  stacked, [s_1 B_1 | ... | s_n B_n] @ [A_1; ...; A_n], with the weights w_i in one column-scale
+  vector, which is exactly W0 + sum_i w_i dW_i with ONE LoRA branch per layer; a slider re-weight
+  writes that vector (microseconds). Slots are pooled per user set (LRU). When the same blend
+  comes again (2nd request in a row) its low-rank delta is fused into the base weights
   (`zoo.layers.BaseWeights`, one matmul per layer) and restored from a pristine copy when the
   blend changes.
 - other weight methods (task_arithmetic, ties, dare_*, magnitude_prune, cat): the merged dense
@@ -22,6 +23,14 @@ ids (LRU, `max_loaded_adapters`). How a blend runs depends on its method:
   `adapter_names` (row i runs adapter i, plus a "__base__" row for contrast); the per-row
   distributions are combined and each sampled token is attributed to the user whose weighted
   probability for it was highest (`Sample.speakers`).
+
+`generate_batch` serves many requests in one forward per token: slot blends (live, cat,
+task_arithmetic) and output-space blends share the batch through `adapter_names` (blends of the
+same users share one slot with one row of weights per batch row), prompts are left-padded with
+an attention mask and per-row position ids, and each request keeps its own sampler, so it returns
+the tokens `generate` would. Dense merges (ties, dare_*, magnitude_prune) have full-rank deltas and
+run one after the other, fused. Concurrent `generate` calls from threads are not coalesced: they
+take turns per token; `generate_batch` is the batching API.
 
 Sampling and the output-space math live in `zoo.sampling`, export in `zoo.export`.
 

@@ -1,10 +1,7 @@
-"""The LoRA layers of the engine's PeftModel: per-adapter factors, live scales, fused weights.
+"""The LoRA layers of the engine's PeftModel: per-adapter factors, dense deltas, fused weights.
 
-Live scales: a `live` blend runs exactly when every LoRA layer's `scaling[user]` is
-w_user * alpha / r (what peft's `LoraLayer.set_scale` writes). `scale_slots` gathers once, per
-adapter, the scaling dict and (alpha, r) of each layer it targets; a slider move then writes those
-few floats and nothing else (tens of microseconds for GPT-2's 48 layers, where walking the modules
-or calling `set_adapter` costs milliseconds).
+Live blends run as one stacked adapter per user set (`zoo.slots`); this module reads the users'
+own factors (`lora_factors`, `stacked_factors`) for those slots, for fusing and for export.
 
 Fusing: `BaseWeights` keeps a pristine copy of each targeted base weight, taken the first time
 that layer is fused. A fuse writes pristine + delta into the live weight in one pass (`addmm` /
@@ -52,23 +49,6 @@ def lora_factors(layer, user: str) -> tuple[Tensor, Tensor, float] | None:
     r, alpha = layer.r[user], layer.lora_alpha[user]
     scale = alpha / math.sqrt(r) if layer.use_rslora.get(user, False) else alpha / r
     return layer.lora_A[user].weight, layer.lora_B[user].weight, scale
-
-
-def scale_slots(layers: Layers) -> dict[str, list[tuple[dict, float, float]]]:
-    """Per adapter: (the layer's scaling dict, alpha, r or sqrt(r)) of every layer it targets."""
-    slots: dict[str, list[tuple[dict, float, float]]] = {}
-    for _, layer in layers:
-        for user in layer.scaling:
-            denom = math.sqrt(layer.r[user]) if layer.use_rslora.get(user, False) else layer.r[user]
-            slots.setdefault(user, []).append((layer.scaling, layer.lora_alpha[user], denom))
-    return slots
-
-
-def set_scales(slots: dict, weights: Iterable[tuple[str, float]]) -> None:
-    """`LoraLayer.set_scale(user, w)` on every layer, with the same arithmetic, minus the walk."""
-    for user, weight in weights:
-        for scaling, alpha, denom in slots.get(user, ()):
-            scaling[user] = weight * alpha / denom
 
 
 def stacked_factors(layer, weights: Iterable[tuple[str, float]]) -> tuple[Tensor, Tensor] | None:
