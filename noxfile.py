@@ -54,7 +54,10 @@ def gpu(session: nox.Session) -> None:
 def browser(session: nox.Session) -> None:
     """Playwright drives Debian's chromium through the whole Space journey."""
     if not shutil.which("chromium"):  # emoji font: the cards' robot line renders as boxes without
-        session.run("apt-get", "install", "-y", "chromium", "fonts-noto-color-emoji", external=True)
+        session.run("apt-get", "update", "-qq", external=True)
+        session.run(
+            "apt-get", "install", "-y", "-qq", "chromium", "fonts-noto-color-emoji", external=True
+        )
     install(session, "test,browser")
     session.run("pytest", "-q", "-m", "browser", *session.posargs, env=ENV)
 
