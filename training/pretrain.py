@@ -66,7 +66,13 @@ class PretrainConfig:
     n_positions: int = field(
         default=128, metadata={"help": "context length in tokens (>= 128, posts fit)"}
     )
-    steps: int = field(default=400, metadata={"help": "optimizer steps"})
+    steps: int = field(
+        default=800,
+        metadata={
+            "help": "optimizer steps (2 CPU cores: ~3.3 steps/s; held-out perplexity 346 after "
+            "400 steps, 238 after 1000)"
+        },
+    )
     batch_size: int = field(default=16, metadata={"help": "sequences per step"})
     dropout: float = field(
         default=0.0, metadata={"help": "dropout; 0 since a few minutes never overfit 6 MB"}
