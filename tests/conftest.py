@@ -98,3 +98,13 @@ def hub_model_id(tiny_model_dir) -> str:
 def fixture_posts() -> list[str]:
     """The fixture corpus as a list of posts (one per line)."""
     return (FIXTURES / "corpus.txt").read_text(encoding="utf-8").splitlines()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests are collected everywhere (nox -s gpu) and skipped, with a reason, without CUDA."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (none here)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
