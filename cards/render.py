@@ -204,8 +204,10 @@ def render_card(entry: Entry, registry: Registry) -> ModelCard:
             "[the same limitations and bias as GPT-2]"
             f"(https://huggingface.co/{base}#limitations-and-bias)"
         )
-    else:
+    elif is_hub_id(base):
         limitations_md = f"the same limitations and bias as its base model, {base_md}"
+    else:  # base_md already reads "base model `<folder>`"
+        limitations_md = f"the same limitations and bias as its {base_md}"
 
     handle = entry.handles[0]
     profile = _profile_url(entry.source, handle)
@@ -266,7 +268,8 @@ def generate_samples(registry_path: str | Path, entry_id: str) -> list[tuple[str
     blend = Blend.from_weights({entry_id: 1.0})
     samples = []
     for seed, prompt in enumerate(SAMPLE_PROMPTS):
-        params = SamplingParams(max_new_tokens=40, num_samples=1, seed=seed)
+        # A little below 1.0: the thumbnail shows the bot at its most readable, not its tail.
+        params = SamplingParams(max_new_tokens=40, num_samples=1, seed=seed, temperature=0.8)
         (sample,) = engine.generate(blend, prompt, params)[:1]
         samples.append((prompt, sample.text.strip()))
     return samples
