@@ -34,17 +34,9 @@ Method = Literal[
     "contrast",
 ]
 METHODS: tuple[str, ...] = get_args(Method)
-# Methods that mix adapter weights (one forward pass) vs methods that mix per-adapter outputs.
-WEIGHT_METHODS: tuple[str, ...] = (
-    "live",
-    "task_arithmetic",
-    "ties",
-    "dare_linear",
-    "dare_ties",
-    "magnitude_prune",
-    "cat",
-)
+# Methods that mix per-adapter outputs vs methods that mix adapter weights (one forward pass).
 OUTPUT_METHODS: tuple[str, ...] = ("product", "mixture", "contrast")
+WEIGHT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in OUTPUT_METHODS)
 # Methods whose result depends on `density` (and, for dare, on `seed`).
 DENSITY_METHODS: tuple[str, ...] = ("ties", "dare_linear", "dare_ties", "magnitude_prune")
 
