@@ -32,7 +32,8 @@ the tokens `generate` would. Dense merges (ties, dare_*, magnitude_prune) have f
 run one after the other, fused. Concurrent `generate` calls from threads are not coalesced: they
 take turns per token; `generate_batch` is the batching API.
 
-Sampling and the output-space math live in `zoo.sampling`, export in `zoo.export`.
+Sampling and the output-space math live in `zoo.sampling`, export in `zoo.export`, the request
+types (`SamplingParams`, `Sample`, `EngineError`) and each request's decoding state in `zoo.decoding`.
 
 Isolation: every forward step runs under one lock together with setting up its own blend (scales,
 active set or fused delta), so concurrent requests never see each other's blend; nothing like a
@@ -43,16 +44,22 @@ from __future__ import annotations
 
 import itertools
 import logging
-import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from zoo.blend import OUTPUT_METHODS, Blend, BlendError
+from zoo.decoding import (  # the request types are public here, as since the first engine
+    MAX_NEW_TOKENS,  # noqa: F401
+    MAX_NUM_SAMPLES,  # noqa: F401
+    EngineError,
+    Request,
+    Sample,
+    SamplingParams,
+)
 from zoo.export import LOW_RANK_METHODS, export_blend
 from zoo.layers import (
     BaseWeights,
@@ -69,152 +76,19 @@ from zoo.registry import (
     load_registry,
     validate_id,
 )
-from zoo.sampling import combine_outputs, sample_next
+from zoo.sampling import combine_outputs  # noqa: F401  (tests import it from here)
 from zoo.slots import SlotPool
 
 logger = logging.getLogger(__name__)
 
-BASE = "__base__"  # peft's name for "no adapter" in `adapter_names`
 FUSE_AFTER_REQUESTS = 2  # fuse a live blend into the base weights from its 2nd request in a row
 DENSE_CACHE_SIZE = 2  # merged dense deltas kept (each is the size of the targeted base layers)
-MAX_NUM_SAMPLES = 16
-MAX_NEW_TOKENS = 512
-
-
-class EngineError(ValueError):
-    """A request the engine cannot serve: bad blend, unknown user, prompt too long, bad params."""
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = field(default=40, metadata={"help": "tokens to generate per sample"})
-    temperature: float = field(default=1.0, metadata={"help": "0 = greedy"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass, in (0, 1]"})
-    top_k: int = field(default=0, metadata={"help": "keep the k likeliest tokens (0 = all)"})
-    num_samples: int = field(default=1, metadata={"help": "samples generated as one batch"})
-    seed: int = field(default=0, metadata={"help": "same seed + blend + prompt = same text"})
-    stop_at_newline: bool = field(default=True, metadata={"help": "cut at the first newline"})
-
-    def __post_init__(self):
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        def is_num(v):
-            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
-        if not is_int(self.max_new_tokens) or not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
-            raise EngineError(
-                f"max_new_tokens must be an integer in [1, {MAX_NEW_TOKENS}], "
-                f"got {self.max_new_tokens!r}"
-            )
-        if not is_num(self.temperature) or not 0 <= self.temperature <= 10:
-            raise EngineError(f"temperature must be in [0, 10], got {self.temperature!r}")
-        if not is_num(self.top_p) or not 0 < self.top_p <= 1:
-            raise EngineError(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if not is_int(self.top_k) or self.top_k < 0:
-            raise EngineError(f"top_k must be a non-negative integer, got {self.top_k!r}")
-        if not is_int(self.num_samples) or not 1 <= self.num_samples <= MAX_NUM_SAMPLES:
-            raise EngineError(
-                f"num_samples must be an integer in [1, {MAX_NUM_SAMPLES}], "
-                f"got {self.num_samples!r}"
-            )
-        if not is_int(self.seed) or self.seed < 0:
-            raise EngineError(f"seed must be a non-negative integer, got {self.seed!r}")
-
-
-@dataclass
-class Sample:
-    text: str  # the continuation (prompt excluded)
-    tokens: list[str]  # decoded pieces of the continuation
-    speakers: list[str | None]  # per token: adapter id that favoured it most, or None
 
 
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
-
-
-class _Request:
-    """One request's decoding state: its rows in a forward batch, its sampler, its text so far.
-
-    Rows: `num_samples` blocks of `rows_per_sample` rows; an output-space blend has one row per
-    user (+ a base row for contrast), a slot or fused blend one row per sample."""
-
-    def __init__(self, blend: Blend, prompt_ids: list[int], mode: str, params, engine: Engine):
-        self.blend, self.prompt_ids, self.mode, self.params = blend, prompt_ids, mode, params
-        self.with_base = blend.method == "contrast"
-        self.names = list(blend.users) + ([BASE] if self.with_base else [])
-        self.rows_per_sample = len(self.names) if mode == "output" else 1
-        self.num_rows = self.rows_per_sample * params.num_samples
-        self.weights = torch.tensor([w for _, w in blend.weights], device=engine.device)
-        self.generator = torch.Generator().manual_seed(params.seed)
-        self.tokenizer, self.decode_piece = engine._tokenizer, engine._decode_piece
-        n = params.num_samples
-        self.new_ids: list[list[int]] = [[] for _ in range(n)]
-        self.speakers: list[list[str | None]] = [[] for _ in range(n)]
-        self.texts: list[str | None] = [None] * n  # final text of a finished sample
-        self.done = [False] * n
-        self.steps, self.finished = 0, False
-        self.slot: str | None = None  # the slot this step runs (set by Engine._setup)
-
-    def row_names(self) -> list[str]:
-        return ([self.slot] if self.mode == "slot" else self.names) * self.params.num_samples
-
-    def scores(self, logits: torch.Tensor):
-        """(log-space scores [num_samples, vocab], weighted probabilities or None)."""
-        if self.mode == "output":
-            rows = logits.view(self.params.num_samples, self.rows_per_sample, -1)
-            return combine_outputs(rows, self.blend.method, self.weights, self.with_base)
-        return logits.log_softmax(dim=-1), None
-
-    def step(self, logits: torch.Tensor, eos: int) -> torch.Tensor:
-        """Sample one token per sample from this request's rows; returns the next input ids."""
-        scores, weighted = self.scores(logits)
-        chosen = sample_next(scores, self.params, self.generator)
-        users, cut = self.blend.users, self.params.stop_at_newline
-        for i, token in enumerate(chosen.tolist()):
-            if self.done[i]:
-                continue
-            if token == eos:
-                self.done[i] = True
-                continue
-            self.new_ids[i].append(token)
-            who = None if weighted is None else users[int(weighted[i, :, token].argmax())]
-            self.speakers[i].append(who)
-            # A newline byte is whole in the token holding it (byte-level BPE), so the piece
-            # tells whether the text now holds one, without decoding the whole text per token.
-            if cut and "\n" in self.decode_piece(token):
-                self.done[i] = True
-        self.steps += 1
-        self.finished = all(self.done) or self.steps == self.params.max_new_tokens
-        return chosen.repeat_interleave(self.rows_per_sample)
-
-    def _text(self, i: int) -> str:
-        if self.texts[i] is not None:
-            return self.texts[i]
-        text = self.tokenizer.decode(self.new_ids[i])
-        if self.params.stop_at_newline and "\n" in text:
-            text = text.split("\n", 1)[0]
-        if self.done[i]:
-            self.texts[i] = text
-        return text
-
-    def samples(self) -> list[Sample]:
-        out = []
-        for i, (ids, speakers) in enumerate(zip(self.new_ids, self.speakers, strict=True)):
-            tokens, kept = [], []
-            for token, who in zip(ids, speakers, strict=True):
-                piece = self.decode_piece(token)
-                if self.params.stop_at_newline and "\n" in piece:  # drop the rest of the token
-                    if piece.split("\n", 1)[0]:
-                        tokens.append(piece.split("\n", 1)[0])
-                        kept.append(who)
-                    break
-                tokens.append(piece)
-                kept.append(who)
-            out.append(Sample(text=self._text(i), tokens=tokens, speakers=kept))
-        return out
 
 
 class Engine:
@@ -391,7 +265,7 @@ class Engine:
             self._model.base_model.set_adapter(list(names), inference_mode=True)
             self._active = names
 
-    def _setup(self, requests: list[_Request]) -> dict:
+    def _setup(self, requests: list[Request]) -> dict:
         """Make the model compute every request of one forward step (under the lock); returns
         the forward's extra kwargs (`adapter_names` for a mixed batch)."""
         self._ensure_adapters(tuple(sorted({u for r in requests for u in r.blend.users})))
@@ -400,7 +274,7 @@ class Engine:
             self._enable_adapters(False)
             return {}
         self._unfuse()
-        groups: dict[tuple[str, ...], list[_Request]] = {}  # slot requests by user set
+        groups: dict[tuple[str, ...], list[Request]] = {}  # slot requests by user set
         for request in requests:
             if request.mode == "slot":
                 groups.setdefault(request.blend.users, []).append(request)
@@ -492,7 +366,7 @@ class Engine:
                 f"prompt too long: {len(ids) - 1} tokens + max_new_tokens "
                 f"{params.max_new_tokens} exceed the model's {limit - 1}-token window"
             )
-        return _Request(blend, ids, mode, params, self)
+        return Request(blend, ids, mode, params, tok, self._decode_piece, self.device)
 
     def stream(self, blend: Blend, prompt: str, params: SamplingParams) -> Iterator[list[Sample]]:
         """Yield all samples (partial text) after each new token; the last yield is final.
@@ -545,7 +419,7 @@ class Engine:
             piece = self._pieces[token] = self._tokenizer.decode([token])
         return piece
 
-    def _run(self, requests: list[_Request]) -> Iterator[None]:
+    def _run(self, requests: list[Request]) -> Iterator[None]:
         """Decode `requests` together, one forward per token for all; yields after each step.
 
         Row blocks follow the request order; prompts are left-padded (attention mask and position
