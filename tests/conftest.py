@@ -76,6 +76,27 @@ def build_tiny_model(out_dir: Path, seed: int = 0, n_layer: int = 2, n_embd: int
     return out_dir
 
 
+def micro_pretrain(**overrides):
+    """A `PretrainConfig` for a 1-layer, 32-wide GPT-2 that pretrains in seconds on CPU."""
+    from training.pretrain import PretrainConfig
+
+    settings = dict(
+        vocab_size=300,
+        n_layer=1,
+        n_head=2,
+        n_embd=32,
+        steps=30,
+        batch_size=4,
+        learning_rate=1e-2,
+        warmup_steps=3,
+        max_chars=30_000,
+        eval_batches=4,
+        device="cpu",
+    )
+    settings.update(overrides)
+    return PretrainConfig(**settings)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """Folder of a saved 2-layer GPT-2 + tokenizer; load it with `from_pretrained(str(path))`."""
@@ -92,6 +113,61 @@ def hub_model_id(tiny_model_dir) -> str:
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / "main").write_text(TINY_HUB_SHA)
     return TINY_HUB_ID
+
+
+@pytest.fixture(scope="module")
+def blend_zoo(tmp_path_factory, tiny_model_dir) -> Path:
+    """`_adapters.build_zoo` (alice, bob, carol, alice_twin) once per module: its registry path."""
+    from _adapters import build_zoo
+
+    return build_zoo(tmp_path_factory.mktemp("blend-zoo") / "zoo", tiny_model_dir)
+
+
+@pytest.fixture
+def zoo_copy(blend_zoo, tmp_path) -> Path:
+    """A private copy of `blend_zoo` a test may break or write to: its registry path."""
+    shutil.copytree(blend_zoo.parent, tmp_path / "zoo")
+    return tmp_path / "zoo" / "registry.json"
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir):
+    """The tiny model loaded by `zoo.loading.load_base`: (model, tokenizer)."""
+    from zoo.loading import load_base
+
+    return load_base(str(tiny_model_dir))
+
+
+@pytest.fixture(scope="module")
+def good_adapter(tmp_path_factory, tiny_model_dir) -> Path:
+    """A valid LoRA folder on the tiny model (`_adapters.make_adapter`, seed 1)."""
+    from _adapters import make_adapter
+
+    return make_adapter(tiny_model_dir, tmp_path_factory.mktemp("good") / "alice", seed=1)
+
+
+@pytest.fixture(scope="module")
+def http_server():
+    """One `_http.LocalServer` per module, serving from a daemon thread."""
+    import threading
+
+    from _http import LocalServer
+
+    local = LocalServer()
+    thread = threading.Thread(target=local.httpd.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield local
+    local.httpd.shutdown()
+    local.httpd.server_close()
+
+
+@pytest.fixture
+def server(http_server, monkeypatch):
+    """The module's server with no routes and no requests yet; no proxy for 127.0.0.1."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    http_server.routes.clear()
+    http_server.requests.clear()
+    return http_server
 
 
 @pytest.fixture(scope="session")

@@ -15,14 +15,12 @@ import json
 import math
 import shutil
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 import torch
-from _adapters import build_zoo, make_adapter, user_entry
+from _adapters import make_adapter, user_entry
 from safetensors.torch import load_file, save_file
-from test_sources_network import LocalServer
 
 from training.clean import NotEnoughTextError
 from training.sources import SourceError, fetch_posts
@@ -46,26 +44,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 # ---------------------------------------------------------------------------------------------
 # Network sources: the HTTP answers not covered in test_sources_network (Mastodon's, and a 429
-# that never ends for Bluesky). Retries never sleep.
+# that never ends for Bluesky), on conftest's `server`. Retries never sleep.
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def http():
-    local = LocalServer()
-    thread = threading.Thread(target=local.httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield local
-    local.httpd.shutdown()
-    local.httpd.server_close()
-
-
-@pytest.fixture
-def server(http, monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    http.routes.clear()
-    http.requests.clear()
-    return http
-
-
 @pytest.fixture
 def retry():
     return RetryPolicy(attempts=3, backoff_s=0.5, max_wait_s=5.0, sleep=lambda s: None)
@@ -173,18 +153,6 @@ def test_unicode_and_encoding_tricks_in_ids(bad, message):
 # ---------------------------------------------------------------------------------------------
 # Adapters: a config that is missing or not JSON, tensors holding NaN
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def base(tiny_model_dir):
-    from zoo.loading import load_base
-
-    return load_base(str(tiny_model_dir))
-
-
-@pytest.fixture(scope="module")
-def good_adapter(tmp_path_factory, tiny_model_dir):
-    return make_adapter(tiny_model_dir, tmp_path_factory.mktemp("good") / "alice", seed=1)
-
-
 def break_config_missing(folder: Path) -> None:
     (folder / "adapter_config.json").unlink()
 
@@ -374,24 +342,13 @@ def test_failed_retrain_keeps_adapter_and_entry_byte_identical(
 # ---------------------------------------------------------------------------------------------
 # Nothing saved is lost: export (engine) and pull / push (hub)
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def module_zoo(tmp_path_factory, tiny_model_dir):
-    return build_zoo(tmp_path_factory.mktemp("zoo") / "zoo", tiny_model_dir)
-
-
-@pytest.fixture
-def zoo(module_zoo, tmp_path):
-    shutil.copytree(module_zoo.parent, tmp_path / "zoo")
-    return tmp_path / "zoo" / "registry.json"
-
-
-def test_failed_export_leaves_the_registry_and_folders_unchanged(zoo, monkeypatch):
+def test_failed_export_leaves_the_registry_and_folders_unchanged(zoo_copy, monkeypatch):
     from zoo import export as export_module
     from zoo.engine import Engine, EngineError
 
-    engine = Engine(zoo)
+    engine = Engine(zoo_copy)
     blend = Blend.from_weights({"alice": 0.6, "bob": 0.4})
-    before = snapshot(zoo.parent)
+    before = snapshot(zoo_copy.parent)
     with pytest.raises(EngineError, match="'alice' is already in the zoo"):
         engine.export(blend, entry_id="alice")
     with pytest.raises(EngineError, match=r"unknown user\(s\) nobody"):
@@ -403,8 +360,8 @@ def test_failed_export_leaves_the_registry_and_folders_unchanged(zoo, monkeypatc
     monkeypatch.setattr(export_module, "write_folder", disk_full)
     with pytest.raises(OSError, match="No space left"):
         engine.export(blend)
-    assert snapshot(zoo.parent) == before
-    assert sorted(p.name for p in (zoo.parent / "adapters").iterdir()) == [
+    assert snapshot(zoo_copy.parent) == before
+    assert sorted(p.name for p in (zoo_copy.parent / "adapters").iterdir()) == [
         "alice",
         "alice_twin",
         "bob",
@@ -412,18 +369,20 @@ def test_failed_export_leaves_the_registry_and_folders_unchanged(zoo, monkeypatc
     ]
 
 
-def test_export_never_clobbers_an_entry_registered_since_the_engine_loaded(zoo, tiny_model_dir):
+def test_export_never_clobbers_an_entry_registered_since_the_engine_loaded(
+    zoo_copy, tiny_model_dir
+):
     from zoo.engine import Engine, EngineError
 
-    engine = Engine(zoo)
+    engine = Engine(zoo_copy)
     engine.generate(Blend.from_weights({"alice": 1.0}), "hi", _params())
     # Another process registers 'alice-bob' (say a pull) after the engine read the registry.
-    folder = make_adapter(tiny_model_dir, zoo.parent / "adapters" / "alice-bob", seed=7)
-    register_entry(zoo, user_entry("alice-bob", str(tiny_model_dir), folder))
-    before = snapshot(zoo.parent)
+    folder = make_adapter(tiny_model_dir, zoo_copy.parent / "adapters" / "alice-bob", seed=7)
+    register_entry(zoo_copy, user_entry("alice-bob", str(tiny_model_dir), folder))
+    before = snapshot(zoo_copy.parent)
     with pytest.raises((EngineError, RegistryError), match="alice-bob.*already in"):
         engine.export(Blend.from_weights({"alice": 0.5, "bob": 0.5}))
-    assert snapshot(zoo.parent) == before
+    assert snapshot(zoo_copy.parent) == before
 
 
 def _params():
@@ -447,14 +406,14 @@ def hub_source(tmp_path_factory, tiny_model_dir, hub_model_id):
     return files
 
 
-def test_failed_pull_overwrite_keeps_the_old_adapter_and_entry(zoo, hub_source, monkeypatch):
+def test_failed_pull_overwrite_keeps_the_old_adapter_and_entry(zoo_copy, hub_source, monkeypatch):
     from zoo import hub
 
-    before = snapshot(zoo.parent)
+    before = snapshot(zoo_copy.parent)
     # A corrupt download is refused before anything is touched.
     with pytest.raises(hub.HubError, match="sha256"):
-        hub.pull_adapter(zoo, "someone/alice-corrupt", entry_id="alice", overwrite=True)
-    assert snapshot(zoo.parent) == before
+        hub.pull_adapter(zoo_copy, "someone/alice-corrupt", entry_id="alice", overwrite=True)
+    assert snapshot(zoo_copy.parent) == before
 
     # Registering fails after the new folder is in place (lock timeout, Ctrl-C, disk full...):
     # the old folder comes back, so the old entry's checksum still matches its weights.
@@ -463,9 +422,9 @@ def test_failed_pull_overwrite_keeps_the_old_adapter_and_entry(zoo, hub_source, 
 
     monkeypatch.setattr(hub, "register_entry", locked)
     with pytest.raises(RegistryError, match="could not lock"):
-        hub.pull_adapter(zoo, "someone/alice", entry_id="alice", overwrite=True)
-    assert snapshot(zoo.parent) == before
-    assert sorted(p.name for p in (zoo.parent / "adapters").iterdir()) == [
+        hub.pull_adapter(zoo_copy, "someone/alice", entry_id="alice", overwrite=True)
+    assert snapshot(zoo_copy.parent) == before
+    assert sorted(p.name for p in (zoo_copy.parent / "adapters").iterdir()) == [
         "alice",
         "alice_twin",
         "bob",
@@ -473,11 +432,11 @@ def test_failed_pull_overwrite_keeps_the_old_adapter_and_entry(zoo, hub_source, 
     ]
     # ...and a new id whose registration fails leaves no orphan folder.
     with pytest.raises(RegistryError, match="could not lock"):
-        hub.pull_adapter(zoo, "someone/alice", entry_id="dora")
-    assert not (zoo.parent / "adapters" / "dora").exists()
+        hub.pull_adapter(zoo_copy, "someone/alice", entry_id="dora")
+    assert not (zoo_copy.parent / "adapters" / "dora").exists()
     monkeypatch.undo()
-    entry = hub.pull_adapter(zoo, "someone/alice", entry_id="alice", overwrite=True)
-    assert load_registry(zoo).get("alice").checksum == entry.checksum
+    entry = hub.pull_adapter(zoo_copy, "someone/alice", entry_id="alice", overwrite=True)
+    assert load_registry(zoo_copy).get("alice").checksum == entry.checksum
 
 
 def test_failed_push_leaves_the_registry_unchanged(tmp_path, tiny_model_dir, hub_model_id):

@@ -6,7 +6,7 @@ checked token for token against the same requests run alone through `Engine.gene
 import threading
 
 import pytest
-from _adapters import build_zoo, logprobs, reference_model
+from _adapters import logprobs, reference_model
 
 from zoo.blend import Blend
 from zoo.engine import Engine, EngineError, SamplingParams
@@ -17,19 +17,14 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory, tiny_model_dir):
-    return build_zoo(tmp_path_factory.mktemp("zoo"), tiny_model_dir)
+def engine(blend_zoo):
+    return Engine(blend_zoo, device="cpu", fuse_after_requests=0)  # live blends stay on their slot
 
 
-@pytest.fixture(scope="module")
-def engine(zoo):
-    return Engine(zoo, device="cpu", fuse_after_requests=0)  # live blends stay on their slot
-
-
-def reference(engine, zoo, tiny_model_dir, weights, prompt=PROMPT):
+def reference(engine, blend_zoo, tiny_model_dir, weights, prompt=PROMPT):
     tok = engine.tokenizer
     ids = [tok.eos_token_id] + tok(prompt, add_special_tokens=False)["input_ids"]
-    folders = {zoo.parent / "adapters" / name: w for name, w in weights.items()}
+    folders = {blend_zoo.parent / "adapters" / name: w for name, w in weights.items()}
     return logprobs(reference_model(tiny_model_dir, folders), ids)
 
 
@@ -42,10 +37,10 @@ def greedy(n=10, **kw):
     "weights",
     [{"alice": 0.8, "carol": -0.6}, {"alice": 0.7, "bob": -0.3, "carol": 1.2}],
 )
-def test_slot_equals_dense_reference(engine, zoo, tiny_model_dir, weights):
+def test_slot_equals_dense_reference(engine, blend_zoo, tiny_model_dir, weights):
     got = engine.next_token_logprobs(Blend.from_weights(weights), PROMPT)
-    want = reference(engine, zoo, tiny_model_dir, weights)
-    assert (want - reference(engine, zoo, tiny_model_dir, {})).abs().max() > 0.1
+    want = reference(engine, blend_zoo, tiny_model_dir, weights)
+    assert (want - reference(engine, blend_zoo, tiny_model_dir, {})).abs().max() > 0.1
     assert (got - want).abs().max() < TOL
     slot = next(s for s in engine._pool.slots.values() if s.users == tuple(sorted(weights)))
     assert engine._active == (slot.name,)  # decoded through the one slot adapter
@@ -54,27 +49,27 @@ def test_slot_equals_dense_reference(engine, zoo, tiny_model_dir, weights):
     assert any(m.slot is slot for m in modules) and slot.scale.shape == (sum(slot.ranks),)
 
 
-def test_reweight_rewrites_the_slot_and_equals_a_fresh_blend(engine, zoo, tiny_model_dir):
+def test_reweight_rewrites_the_slot_and_equals_a_fresh_blend(engine, blend_zoo, tiny_model_dir):
     first = {"alice": 0.2, "bob": 0.9}
     engine.next_token_logprobs(Blend.from_weights(first), PROMPT)
     before = {n: s.users for n, s in engine._pool.slots.items()}
     for weights in ({"alice": -0.5, "bob": 1.1}, {"alice": 1.3, "bob": 0.1}):
         got = engine.next_token_logprobs(Blend.from_weights(weights), PROMPT)
         assert {n: s.users for n, s in engine._pool.slots.items()} == before  # no new adapter
-        want = reference(engine, zoo, tiny_model_dir, weights)
+        want = reference(engine, blend_zoo, tiny_model_dir, weights)
         assert (got - want).abs().max() < TOL
-    fresh = Engine(zoo, device="cpu", fuse_after_requests=0)
+    fresh = Engine(blend_zoo, device="cpu", fuse_after_requests=0)
     got = fresh.next_token_logprobs(Blend.from_weights({"alice": 1.3, "bob": 0.1}), PROMPT)
     assert (got - engine.next_token_logprobs(Blend.from_weights({"alice": 1.3, "bob": 0.1}), PROMPT)).abs().max() < TOL  # fmt: skip
 
 
-def test_slot_pool_evicts_lru_and_stays_exact(zoo, tiny_model_dir):
-    small = Engine(zoo, device="cpu", fuse_after_requests=0)
+def test_slot_pool_evicts_lru_and_stays_exact(blend_zoo, tiny_model_dir):
+    small = Engine(blend_zoo, device="cpu", fuse_after_requests=0)
     small._pool.max_slots = 2
     sets = [{"alice": 0.5, "bob": 0.5}, {"bob": 1.0, "carol": 0.5}, {"alice": 0.3, "carol": 0.9}]
     for weights in sets + sets[:1]:
         got = small.next_token_logprobs(Blend.from_weights(weights), PROMPT)
-        assert (got - reference(small, zoo, tiny_model_dir, weights)).abs().max() < TOL
+        assert (got - reference(small, blend_zoo, tiny_model_dir, weights)).abs().max() < TOL
         assert len(small._pool.slots) <= 2
 
 
@@ -98,12 +93,12 @@ REQUESTS = [
 ]
 
 
-def test_generate_batch_equals_solo_runs(zoo):
+def test_generate_batch_equals_solo_runs(blend_zoo):
     # The solo runs use the default engine (live blends fuse from their 2nd request in a row).
-    solo_engine = Engine(zoo, device="cpu")
+    solo_engine = Engine(blend_zoo, device="cpu")
     solo = [solo_engine.generate(b, p, params) for b, p, params in REQUESTS]
     assert any(len(s.tokens) >= 5 for samples in solo for s in samples)
-    batched = Engine(zoo, device="cpu")
+    batched = Engine(blend_zoo, device="cpu")
     assert batched.generate_batch(REQUESTS) == solo
     assert batched.generate_batch(REQUESTS[:1]) == solo[:1]
     batched._pool.max_slots = 2  # more slot blends than slots: served in groups

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from _adapters import make_adapter
 
 from cards import render_card, write_card
 from cards.render import card_data, css_url, md_text
@@ -214,31 +215,10 @@ def test_handles_with_unicode_tricks_are_rejected(handle):
 # --- write_card and the card's own snippet, on a real tiny adapter --------------------------------
 
 
-def build_adapter(base_dir: Path, out_dir: Path, seed: int = 0) -> Path:
-    """A tiny LoRA with non-zero B, saved like training does (safetensors + tokenizer)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    config = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        init_lora_weights=False,
-        target_modules=["c_attn", "c_proj", "c_fc"],
-        fan_in_fan_out=True,
-        task_type="CAUSAL_LM",
-    )
-    get_peft_model(model, config).save_pretrained(str(out_dir))
-    AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(str(out_dir))
-    return out_dir
-
-
 @pytest.fixture
 def zoo(tmp_path, tiny_model_dir) -> Path:
     registry_path = tmp_path / "registry.json"
-    build_adapter(tiny_model_dir, tmp_path / "adapters" / "alice")
+    make_adapter(tiny_model_dir, tmp_path / "adapters" / "alice", seed=0)
     entry = user_entry(
         id="alice",
         handles=["alice"],

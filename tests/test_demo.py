@@ -5,6 +5,7 @@ import math
 import shutil
 
 import pytest
+from conftest import micro_pretrain
 
 from training import demo
 from training.demo import DemoConfig, build_demo_zoo, format_summary, perplexity_matrix
@@ -13,20 +14,8 @@ from training.pretrain import PretrainConfig
 ACCOUNTS = ["zippy", "wisdom"]
 
 
-def micro_pretrain() -> PretrainConfig:
-    return PretrainConfig(
-        vocab_size=300,
-        n_layer=1,
-        n_head=2,
-        n_embd=32,
-        steps=10,
-        batch_size=4,
-        learning_rate=1e-2,
-        warmup_steps=2,
-        max_chars=20_000,
-        eval_batches=2,
-        device="cpu",
-    )
+def demo_pretrain() -> PretrainConfig:
+    return micro_pretrain(steps=10, warmup_steps=2, max_chars=20_000, eval_batches=2)
 
 
 def micro_demo(zoo_dir, **overrides) -> DemoConfig:
@@ -66,7 +55,7 @@ def spies(monkeypatch):
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
     zoo_dir = tmp_path_factory.mktemp("demo")
-    build_demo_zoo(micro_demo(zoo_dir), pretrain=micro_pretrain())
+    build_demo_zoo(micro_demo(zoo_dir), pretrain=demo_pretrain())
     return zoo_dir
 
 
@@ -144,7 +133,7 @@ def test_rebuild_retrains_base_and_adapters(zoo, tmp_path, spies):
     pretrain_spy, train_spy = spies
     copy = tmp_path / "zoo"
     shutil.copytree(zoo, copy)
-    build_demo_zoo(micro_demo(copy, accounts=["zippy"], rebuild=True), pretrain=micro_pretrain())
+    build_demo_zoo(micro_demo(copy, accounts=["zippy"], rebuild=True), pretrain=demo_pretrain())
     assert pretrain_spy.calls == 1 and train_spy.calls == 1
     from zoo.registry import load_registry
 

@@ -16,17 +16,12 @@ TOL = 1e-4
 
 
 @pytest.fixture(scope="module")
-def zoo(tmp_path_factory, tiny_model_dir):
-    return build_zoo(tmp_path_factory.mktemp("zoo"), tiny_model_dir)
+def engine(blend_zoo):
+    return Engine(blend_zoo, device="cpu")
 
 
-@pytest.fixture(scope="module")
-def engine(zoo):
-    return Engine(zoo, device="cpu")
-
-
-def folders(zoo, weights):
-    return {zoo.parent / "adapters" / name: w for name, w in weights.items()}
+def folders(blend_zoo, weights):
+    return {blend_zoo.parent / "adapters" / name: w for name, w in weights.items()}
 
 
 def prompt_ids(engine, prompt=PROMPT):
@@ -38,13 +33,13 @@ def greedy(n=12, **kw):
     return SamplingParams(max_new_tokens=n, temperature=0, stop_at_newline=False, **kw)
 
 
-def test_single_user_equals_adapter_alone(engine, zoo, tiny_model_dir):
+def test_single_user_equals_adapter_alone(engine, blend_zoo, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     got = engine.next_token_logprobs(Blend.from_weights({"alice": 1}), PROMPT)
     base = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir))
-    alone = PeftModel.from_pretrained(base, str(zoo.parent / "adapters" / "alice")).eval()
+    alone = PeftModel.from_pretrained(base, str(blend_zoo.parent / "adapters" / "alice")).eval()
     want = logprobs(alone, prompt_ids(engine))
     base_lp = logprobs(reference_model(tiny_model_dir), prompt_ids(engine))
     assert (want - base_lp).abs().max() > 0.1  # the adapter really changes the model
@@ -58,10 +53,12 @@ def test_twin_with_opposite_weight_is_base(engine, tiny_model_dir):
 
 
 @pytest.mark.parametrize("weights", [{"alice": 0.7, "bob": -0.3, "carol": 0.5}, {"bob": 1.5}])
-def test_live_blend_equals_dense_reference(engine, zoo, tiny_model_dir, weights):
+def test_live_blend_equals_dense_reference(engine, blend_zoo, tiny_model_dir, weights):
     blend = Blend.from_weights(weights)
     got = engine.next_token_logprobs(blend, PROMPT)
-    want = logprobs(reference_model(tiny_model_dir, folders(zoo, weights)), prompt_ids(engine))
+    want = logprobs(
+        reference_model(tiny_model_dir, folders(blend_zoo, weights)), prompt_ids(engine)
+    )
     assert (got - want).abs().max() < TOL
 
 
@@ -81,10 +78,10 @@ def test_fused_equals_unfused(engine):
 
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties", "dare_linear", "magnitude_prune", "cat"])
-def test_dense_methods_equal_merge_deltas(engine, zoo, tiny_model_dir, method):
+def test_dense_methods_equal_merge_deltas(engine, blend_zoo, tiny_model_dir, method):
     weights = {"alice": 0.8, "carol": -0.5}
     blend = Blend.from_weights(weights, method=method, density=0.4, seed=7)
-    layers = {n: lora_layers(zoo.parent / "adapters" / n) for n in weights}
+    layers = {n: lora_layers(blend_zoo.parent / "adapters" / n) for n in weights}
     deltas = {}
     for name in layers["alice"]:
         per = [(layers[u][name], w) for u, w in weights.items() if name in layers[u]]
@@ -98,10 +95,10 @@ def test_dense_methods_equal_merge_deltas(engine, zoo, tiny_model_dir, method):
     assert blend.id in engine._dense_cache
 
 
-def test_output_modes_math(engine, zoo, tiny_model_dir):
+def test_output_modes_math(engine, blend_zoo, tiny_model_dir):
     ids = prompt_ids(engine)
-    a = logprobs(reference_model(tiny_model_dir, folders(zoo, {"alice": 1})), ids)
-    b = logprobs(reference_model(tiny_model_dir, folders(zoo, {"bob": 1})), ids)
+    a = logprobs(reference_model(tiny_model_dir, folders(blend_zoo, {"alice": 1})), ids)
+    b = logprobs(reference_model(tiny_model_dir, folders(blend_zoo, {"bob": 1})), ids)
     base = logprobs(reference_model(tiny_model_dir), ids)
     for method in ("product", "mixture", "contrast"):
         single = engine.next_token_logprobs(Blend.from_weights({"alice": 1}, method), PROMPT)
@@ -126,10 +123,12 @@ def test_attribution_constructed_case():
     assert weighted[0, :, 3].argmax() == 0  # a zero-weight user never speaks
 
 
-def test_attribution_matches_teacher_forced_reference(engine, zoo, tiny_model_dir):
+def test_attribution_matches_teacher_forced_reference(engine, blend_zoo, tiny_model_dir):
     blend = Blend.from_weights({"alice": 0.5, "bob": 0.5}, "mixture")
     sample = engine.generate(blend, PROMPT, greedy(n=6))[0]
-    models = {u: reference_model(tiny_model_dir, folders(zoo, {u: 1})) for u in ("alice", "bob")}
+    models = {
+        u: reference_model(tiny_model_dir, folders(blend_zoo, {u: 1})) for u in ("alice", "bob")
+    }
     ids = prompt_ids(engine)
     new = engine.tokenizer(sample.text, add_special_tokens=False)["input_ids"]
     assert len(sample.speakers) == len(sample.tokens) == len(new)
@@ -188,8 +187,8 @@ def test_concurrent_requests_equal_sequential(engine):
         assert results[i] == [want, want]
 
 
-def test_lru_eviction_keeps_results(zoo):
-    small = Engine(zoo, max_loaded_adapters=2, device="cpu")
+def test_lru_eviction_keeps_results(blend_zoo):
+    small = Engine(blend_zoo, max_loaded_adapters=2, device="cpu")
     blends = [Blend.from_weights(w) for w in ({"alice": 1}, {"bob": 1}, {"carol": 1})]
     first = [small.next_token_logprobs(b, PROMPT) for b in blends]
     assert len(small._loaded) == 2 and "alice" not in small._loaded
@@ -197,7 +196,7 @@ def test_lru_eviction_keeps_results(zoo):
     assert (again - first[0]).abs().max() < TOL
 
 
-def test_export_reproduces_engine_greedy_via_pipeline(engine, zoo):
+def test_export_reproduces_engine_greedy_via_pipeline(engine, blend_zoo):
     from transformers import pipeline
 
     blend = Blend.from_weights({"alice": 0.6, "bob": 0.4})
@@ -275,9 +274,9 @@ def test_bad_prompt_and_params(engine):
             SamplingParams(**bad)
 
 
-def test_mixed_bases_are_refused(tmp_path, zoo, tiny_model_dir):
+def test_mixed_bases_are_refused(tmp_path, blend_zoo, tiny_model_dir):
     registry = tmp_path / "registry.json"
-    alice = zoo.parent / "adapters" / "alice"
+    alice = blend_zoo.parent / "adapters" / "alice"
     register_entry(registry, user_entry("alice", str(tiny_model_dir), None, hub_repo="x/alice"))
     register_entry(registry, user_entry("bob", "other/base", None, hub_repo="x/bob"))
     with pytest.raises(EngineError, match="share one base"):
@@ -307,11 +306,11 @@ def test_refresh_reloads_changed_entries(tmp_path, tiny_model_dir):
     assert (fresh.next_token_logprobs(blend, PROMPT) - before).abs().max() < TOL
 
 
-def test_base_from_offline_hub_id(tmp_path, zoo, hub_model_id):
-    shutil.copytree(zoo.parent / "adapters" / "bob", tmp_path / "adapters" / "bob")
+def test_base_from_offline_hub_id(tmp_path, blend_zoo, hub_model_id):
+    shutil.copytree(blend_zoo.parent / "adapters" / "bob", tmp_path / "adapters" / "bob")
     register_entry(tmp_path / "registry.json", user_entry("bob", hub_model_id, tmp_path / "adapters" / "bob"))  # fmt: skip
     hub = Engine(tmp_path / "registry.json", device="cpu")
-    local = Engine(zoo, device="cpu")
+    local = Engine(blend_zoo, device="cpu")
     blend = Blend.from_weights({"bob": 1})
     got, want = hub.next_token_logprobs(blend, PROMPT), local.next_token_logprobs(blend, PROMPT)
     assert (got - want).abs().max() < TOL

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import yaml
+from _adapters import make_adapter
 from safetensors.torch import load_file
 
 from cards import write_card
@@ -18,29 +19,9 @@ SAMPLES = [("My dream is", "to fly"), ("I think that", "cats rule")]
 FAKE_SHA = "feedfacefeedfacefeedfacefeedfacefeedface"
 
 
-def build_adapter(base_dir: Path, out_dir: Path, seed: int = 0) -> Path:
-    """A tiny LoRA with non-zero B, saved like training does (safetensors + tokenizer)."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir))
-    config = LoraConfig(
-        r=4,
-        lora_alpha=8,
-        init_lora_weights=False,
-        target_modules=["c_attn", "c_proj", "c_fc"],
-        fan_in_fan_out=True,
-        task_type="CAUSAL_LM",
-    )
-    get_peft_model(model, config).save_pretrained(str(out_dir))
-    AutoTokenizer.from_pretrained(str(base_dir)).save_pretrained(str(out_dir))
-    return out_dir
-
-
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory, tiny_model_dir) -> Path:
-    return build_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "alice")
+    return make_adapter(tiny_model_dir, tmp_path_factory.mktemp("adapter") / "alice", seed=0)
 
 
 def make_zoo(root: Path, adapter_dir: Path, base_model: str, kind: str = "user") -> Path:

@@ -17,16 +17,6 @@ from zoo.registry import load_registry, register_entry
 SHA = "fedcba9876543210fedcba9876543210fedcba98"
 
 
-@pytest.fixture(scope="module")
-def base(tiny_model_dir):
-    return load_base(str(tiny_model_dir))
-
-
-@pytest.fixture(scope="module")
-def good_adapter(tmp_path_factory, tiny_model_dir):
-    return make_adapter(tiny_model_dir, tmp_path_factory.mktemp("good") / "alice", seed=1)
-
-
 def zoo_with(tmp_path, base_dir, folder, entry_id="alice", checksum=True):
     """A registry holding one local entry whose folder is a copy of `folder`."""
     target = tmp_path / "adapters" / entry_id

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from conftest import micro_pretrain
 
 from training.pretrain import (
     DEMO_ACCOUNTS,
@@ -19,22 +20,7 @@ from training.pretrain import (
 
 
 def micro(out_dir, **overrides) -> PretrainConfig:
-    settings = dict(
-        out_dir=str(out_dir),
-        vocab_size=300,
-        n_layer=1,
-        n_head=2,
-        n_embd=32,
-        steps=30,
-        batch_size=4,
-        learning_rate=1e-2,
-        warmup_steps=3,
-        max_chars=30_000,
-        eval_batches=4,
-        device="cpu",
-    )
-    settings.update(overrides)
-    return PretrainConfig(**settings)
+    return micro_pretrain(**({"out_dir": str(out_dir)} | overrides))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import pickle
-import shutil
 import sys
 from pathlib import Path
 
@@ -344,20 +343,7 @@ def test_hand_edited_registry_with_escaping_path_is_refused(tmp_path):
         load_registry(path).adapter_dir("eve")
 
 
-@pytest.fixture(scope="module")
-def blend_zoo(tmp_path_factory, tiny_model_dir):
-    from _adapters import build_zoo
-
-    return build_zoo(tmp_path_factory.mktemp("blend-zoo") / "zoo", tiny_model_dir)
-
-
 EXPORT_IDS = ["..", "../evil", "a/b", "/tmp/evil-abs", "e\u200bvil"]
-
-
-@pytest.fixture
-def zoo_copy(blend_zoo, tmp_path):
-    shutil.copytree(blend_zoo.parent, tmp_path / "zoo")
-    return tmp_path / "zoo" / "registry.json"
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

@@ -1,72 +1,17 @@
 """Bluesky and Mastodon sources against a real HTTP server on 127.0.0.1 serving recorded-shape JSON.
 
-Retries never sleep: a `RetryPolicy` whose `sleep` records the waits it was asked for.
+The server is conftest's `server` fixture (`_http.LocalServer`). Retries never sleep: a
+`RetryPolicy` whose `sleep` records the waits it was asked for.
 """
 
 import itertools
-import json
 import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
 from training.sources import SourceError, fetch_posts
 from training.sources.mastodon import html_to_text, parse_account
 from training.sources.network import RetryPolicy
-
-
-class LocalServer:
-    """Routes map a path to `fn(query) -> (status, body, headers)`; body is JSON-able or bytes."""
-
-    def __init__(self):
-        self.routes = {}
-        self.requests: list[tuple[str, dict[str, str]]] = []
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self):
-                url = urlsplit(self.path)
-                query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                server.requests.append((url.path, query))
-                route = server.routes.get(url.path)
-                status, body, headers = route(query) if route else (404, {"error": "NotFound"}, {})
-                raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(raw)))
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.end_headers()
-                self.wfile.write(raw)
-
-            def log_message(self, *args):
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def paths(self, path: str) -> list[dict[str, str]]:
-        return [q for p, q in self.requests if p == path]
-
-
-@pytest.fixture(scope="module")
-def module_server():
-    local = LocalServer()
-    thread = threading.Thread(target=local.httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield local
-    local.httpd.shutdown()
-    local.httpd.server_close()
-
-
-@pytest.fixture
-def server(module_server, monkeypatch):
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    module_server.routes.clear()
-    module_server.requests.clear()
-    return module_server
 
 
 @pytest.fixture
