@@ -22,7 +22,7 @@ def micro_demo(zoo_dir, **overrides) -> DemoConfig:
     settings = dict(
         zoo_dir=str(zoo_dir),
         accounts=ACCOUNTS,
-        max_steps=3,
+        steps=3,
         batch_size=4,
         device="cpu",
         write_cards=False,  # cards sample with the engine: tested in test_cards
@@ -148,7 +148,7 @@ def test_default_zoo_dir_respects_xdg(monkeypatch, tmp_path):
     assert DemoConfig().zoo_dir.endswith(".cache/huggingtweets/demo")
 
 
-@pytest.mark.parametrize("bad", [{"accounts": []}, {"epochs": 0.0}, {"port": 70000}])
+@pytest.mark.parametrize("bad", [{"accounts": []}, {"steps": 0}, {"port": 70000}])
 def test_config_rejects_bad_values(tmp_path, bad):
     with pytest.raises(ValueError):
         micro_demo(tmp_path, **bad)

@@ -88,7 +88,8 @@ class TrainConfig:
     learning_rate: float = field(default=2e-4, metadata={"help": "peak AdamW learning rate"})
     epochs: float = field(default=4.0, metadata={"help": "passes over the training posts"})
     max_steps: int | None = field(
-        default=None, metadata={"help": "stop after this many optimizer steps (caps --epochs)"}
+        default=None,
+        metadata={"help": "train exactly this many optimizer steps (overrides --epochs)"},
     )
     batch_size: int = field(default=8, metadata={"help": "blocks per optimizer step"})
     block_size: int | None = field(
