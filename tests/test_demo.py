@@ -170,5 +170,6 @@ def test_full_demo_build(tmp_path):
     for entry in registry:
         assert entry.metrics["adapter_perplexity"] < entry.metrics["base_perplexity"]
     matrix = perplexity_matrix(cfg.registry_path)
-    # wisdom and people share a genre (quotations): people's adapter may win on wisdom.
-    assert sum(matrix.own_is_best().values()) >= len(cfg.accounts) - 2, matrix.format()
+    # Measured 8/8 (narrowest margin: science 369.9 vs computers' adapter 376.2); one miss is
+    # tolerated for bf16/thread-count differences between machines.
+    assert sum(matrix.own_is_best().values()) >= len(cfg.accounts) - 1, matrix.format()
