@@ -145,3 +145,14 @@ def test_adapter_with_another_vocabulary_is_refused(tmp_path, base, tiny_model_d
     path.write_text(json.dumps(data))
     with pytest.raises(AdapterLoadError, match="'alice'.*vocabulary"):
         load(registry, base, tiny_model_dir)
+
+
+def test_resolve_device():
+    from zoo.loading import resolve_device
+
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        for device in ("cuda", "cuda:1"):
+            with pytest.raises(ValueError, match="CUDA is not available"):
+                resolve_device(device)

@@ -299,11 +299,11 @@ def run(cfg: PretrainConfig) -> Path:
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, GPT2Config, GPT2LMHeadModel
 
+    from zoo.loading import resolve_device
+
     started = time.perf_counter()
     out_dir = Path(cfg.out_dir).expanduser().resolve()
-    device = torch.device(
-        ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    )
+    device = torch.device(resolve_device(cfg.device))
     torch.manual_seed(cfg.seed)
 
     # Data: every 50th document is held out, so the held-out loss measures generalisation.

@@ -151,6 +151,7 @@ def run(cfg: TrainConfig) -> Entry:
     from training.evaluate import evaluate_loss
     from training.fetch import FetchConfig, load_user_posts
     from training.fetch import run as fetch
+    from zoo.loading import resolve_device
 
     device = resolve_device(cfg.device)
     transformers.set_seed(cfg.seed)
@@ -292,16 +293,6 @@ def run(cfg: TrainConfig) -> Entry:
         if wandb_run is not None:
             log_adapter_artifact(wandb_run, entry_id, registry_root / entry.adapter_path, metrics)
     return entry
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' but CUDA is not available (use 'auto' or 'cpu')")
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def resolve_base(base_model: str) -> str:

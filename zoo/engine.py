@@ -67,7 +67,7 @@ from zoo.layers import (
     find_lora_layers,
     layer_index,  # noqa: F401  (public here since the first engine; tests use it)
 )
-from zoo.loading import AdapterLoadError, load_adapter, load_base
+from zoo.loading import AdapterLoadError, load_adapter, load_base, resolve_device
 from zoo.registry import (
     Entry,
     Registry,
@@ -83,12 +83,6 @@ logger = logging.getLogger(__name__)
 
 FUSE_AFTER_REQUESTS = 2  # fuse a live blend into the base weights from its 2nd request in a row
 DENSE_CACHE_SIZE = 2  # merged dense deltas kept (each is the size of the targeted base layers)
-
-
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class Engine:
@@ -107,7 +101,7 @@ class Engine:
         self.registry_path = Path(registry_path)
         self.registry: Registry = load_registry(self.registry_path)
         self.max_loaded_adapters = max_loaded_adapters
-        self.device = _resolve_device(device)
+        self.device = torch.device(resolve_device(device))
         self._lock = threading.RLock()
         self._base = None  # the base model (wrapped in place by peft once an adapter loads)
         self._model = None  # PeftModel

@@ -30,6 +30,15 @@ HUB_PATTERNS = ["*.safetensors", "*.json", "*.txt", "*.md"]
 _PREFIX = "base_model.model."
 
 
+def resolve_device(device: str) -> str:
+    """'auto' -> 'cuda' when present, else 'cpu'; asking for CUDA without one is a clear error."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} but CUDA is not available (use 'auto' or 'cpu')")
+    return device
+
+
 class AdapterLoadError(ValueError):
     """An adapter that cannot be loaded; the message names the adapter id and the problem."""
 
