@@ -141,6 +141,17 @@ def test_rebuild_retrains_base_and_adapters(zoo, tmp_path, spies):
     assert entry.base_model == str((copy / "base").resolve())
 
 
+def test_hub_base_skips_pretraining(tmp_path, hub_model_id, spies):
+    """`--base <Hub id>` loads the base through from_pretrained (offline HF cache here)."""
+    pretrain_spy, train_spy = spies
+    registry = build_demo_zoo(
+        micro_demo(tmp_path / "hub-demo", accounts=["zippy"], base=hub_model_id)
+    )
+    assert pretrain_spy.calls == 0 and train_spy.calls == 1
+    assert registry.get("zippy").base_model == hub_model_id
+    assert not (tmp_path / "hub-demo" / "base").exists()
+
+
 def test_default_zoo_dir_respects_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     assert DemoConfig().zoo_dir == str(tmp_path / "huggingtweets" / "demo")
