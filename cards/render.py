@@ -259,12 +259,16 @@ def render_card(entry: Entry, registry: Registry) -> ModelCard:
     )
 
 
-def generate_samples(registry_path: str | Path, entry_id: str) -> list[tuple[str, str]]:
-    """A few continuations of fixed prompts, sampled with the zoo engine (seeded, reproducible)."""
+def generate_samples(
+    registry_path: str | Path, entry_id: str, engine=None
+) -> list[tuple[str, str]]:
+    """A few continuations of fixed prompts, sampled with the zoo engine (seeded, reproducible).
+
+    Pass a running `zoo.engine.Engine` on the same registry to avoid loading the base again."""
     from zoo.blend import Blend
     from zoo.engine import Engine, SamplingParams
 
-    engine = Engine(registry_path)
+    engine = engine or Engine(registry_path)
     blend = Blend.from_weights({entry_id: 1.0})
     samples = []
     for seed, prompt in enumerate(SAMPLE_PROMPTS):

@@ -49,6 +49,7 @@ from blend_form import (
 )
 
 from cards import write_card
+from cards.render import generate_samples
 from zoo.blend import MAX_ABS_WEIGHT, MAX_USERS, OUTPUT_METHODS, Blend, BlendError
 from zoo.registry import Registry, load_registry
 
@@ -197,8 +198,8 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
             return (gr.skip(),) * (MAX_USERS + 9)
         return restore(blend_id, request)
 
-    def card(*args):
-        users = args[0]
+    def card(users, w1, w2, w3, w4, w5, w6, w7, w8, method, density, seed):
+        args = (users, w1, w2, w3, w4, w5, w6, w7, w8, method, density, seed)
         if not users:
             return "*Pick users to see the cyborg's card.*", gr.Dataframe(value=None), ""
         reg = registry()
@@ -212,25 +213,38 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
             parents = "\n\n---\n\n".join(card_markdown(e, reg) for e in entries)
         return preview, gr.Dataframe(value=rows, headers=headers), parents
 
-    def generate(*args):
-        users, weights = args[0], args[1 : 1 + MAX_USERS]
-        method, density, prompt, n, temperature, top_p, max_new, seed = args[1 + MAX_USERS :]
+    def generate(  # one named parameter per widget: gradio_client users see these names
+        users,
+        w1,
+        w2,
+        w3,
+        w4,
+        w5,
+        w6,
+        w7,
+        w8,
+        method,
+        density,
+        prompt,
+        num_samples,
+        temperature,
+        top_p,
+        max_new_tokens,
+        seed,
+    ):
+        weights = (w1, w2, w3, w4, w5, w6, w7, w8)
         with user_errors("cannot generate"):
             blend = blend_from_widgets(users, weights, method, density, seed)
             prompt = check_prompt(prompt)
-            params = sampling_from_widgets(n, temperature, top_p, max_new, seed)
+            params = sampling_from_widgets(num_samples, temperature, top_p, max_new_tokens, seed)
             colors = speaker_colors(blend.users)
             for samples in get_engine(registry_path).stream(blend, prompt, params):
                 text = samples_text(prompt, samples)
                 yield text, gr.HighlightedText(highlighted(prompt, samples), color_map=colors)
 
-    def export(*args):
-        users, weights = args[0], args[1 : 1 + MAX_USERS]
-        method, density, seed, entry_id = args[1 + MAX_USERS :]
+    def export(users, w1, w2, w3, w4, w5, w6, w7, w8, method, density, seed, entry_id):
+        weights = (w1, w2, w3, w4, w5, w6, w7, w8)
         with user_errors("cannot export"):
-            from cards.render import SAMPLE_PROMPTS
-            from zoo.engine import SamplingParams
-
             blend = blend_from_widgets(users, weights, method, density, seed)
             entry_id = check_export_id(entry_id)
             if blend.method in OUTPUT_METHODS:
@@ -240,10 +254,8 @@ def build_demo(registry_path: str | Path) -> gr.Blocks:
                 )
             engine = get_engine(registry_path)
             entry = engine.export(blend, entry_id=entry_id)
-            samples = [
-                (p, engine.generate(blend, p, SamplingParams(seed=i))[0].text.strip())
-                for i, p in enumerate(SAMPLE_PROMPTS)
-            ]
+            # The card shows what the exported adapter writes, sampled like every other card.
+            samples = generate_samples(registry_path, entry.id, engine=engine)
             write_card(registry_path, entry.id, samples=samples)
             archive = zip_folder(registry().adapter_dir(entry.id))
         status = (
