@@ -109,6 +109,17 @@ def test_local_base_needs_a_hub_id(tmp_path, adapter_dir, tiny_model_dir):
     assert config["base_model_name_or_path"] == "openai-community/gpt2"
 
 
+def test_cli_push_dry_run_takes_the_base_hub_id(tmp_path, adapter_dir, tiny_model_dir, capsys):
+    from training.cli import main
+
+    registry_path = make_zoo(tmp_path, adapter_dir, base_model=str(tiny_model_dir))
+    argv = ["push", "alice", "--registry", str(registry_path), "--dry-run"]
+    assert main(argv) == 2
+    assert "base_model_id" in capsys.readouterr().err
+    assert main([*argv, "--base-model-id", "openai-community/gpt2"]) == 0
+    assert "huggingtweets/alice" in capsys.readouterr().out
+
+
 class FakeHfApi:
     """Records calls; answers like HfApi without a network."""
 

@@ -125,13 +125,22 @@ class PushConfig:
     dry_run: bool = field(
         default=False, metadata={"help": "list what would be committed; no network"}
     )
+    base_model_id: str | None = field(
+        default=None,
+        metadata={"help": "Hub id of the base when the adapter was trained on a local folder"},
+    )
 
 
 def run_push(cfg: PushConfig) -> str:
     from zoo.hub import push_adapter
 
     result = push_adapter(
-        cfg.registry, cfg.id, namespace=cfg.namespace, private=cfg.private, dry_run=cfg.dry_run
+        cfg.registry,
+        cfg.id,
+        namespace=cfg.namespace,
+        private=cfg.private,
+        dry_run=cfg.dry_run,
+        base_model_id=cfg.base_model_id,
     )
     return str(result)
 
