@@ -212,7 +212,9 @@ def test_concurrent_processes_lose_no_entry(tmp_path):
 def _register_forever(path: str, done_file: str) -> None:
     for i in range(10_000):
         register_entry(path, make_entry(f"k{i}"))
-        Path(done_file).write_text(str(i))
+        # The marker must survive the SIGKILL too: write it beside, then rename (atomic).
+        Path(done_file + ".tmp").write_text(str(i))
+        os.replace(done_file + ".tmp", done_file)
 
 
 def test_sigkill_mid_write_leaves_valid_registry(tmp_path):
