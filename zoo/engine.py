@@ -74,7 +74,6 @@ from zoo.registry import (
     RegistryError,
     id_from_handles,
     load_registry,
-    validate_id,
 )
 from zoo.sampling import combine_outputs  # noqa: F401  (tests import it from here)
 from zoo.slots import SlotPool
@@ -491,17 +490,13 @@ class Engine:
             self._ensure_adapters(blend.users)
             handles = [h for u in blend.users for h in self.registry.get(u).handles]
             try:
-                entry_id = validate_id(entry_id) if entry_id else id_from_handles(handles)
-                if entry_id in self.registry:
-                    raise RegistryError(
-                        f"{entry_id!r} is already in the zoo; pick another entry_id"
-                    )
+                # export_blend validates the id and checks it is free under the registry lock.
                 entry = export_blend(
                     self.registry_path,
                     self.registry,
                     self._lora_layers(),
                     blend,
-                    entry_id,
+                    entry_id or id_from_handles(handles),
                     rank,
                     self._base_key,
                     self._tokenizer,
