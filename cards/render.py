@@ -19,6 +19,7 @@ from urllib.parse import quote
 from huggingface_hub import ModelCard, ModelCardData
 
 from cards.thumbnail import avatar_color, draw_predictions, initials
+from zoo.hub import is_hub_model_id
 from zoo.registry import Entry, Registry, load_registry, resolve_inside
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,6 @@ TEMPLATE_PATH = Path(__file__).with_name("template.md.j2")
 WIDGET_PROMPT = "My dream is"
 SAMPLE_PROMPTS = ("My dream is", "I think that", "The best thing about", "Today I")
 TAGS = ["huggingtweets", "lora", "peft", "text-generation"]
-# Hub model ids: "name" or "owner/name" (letters, digits, '-', '_', '.'; no '..').
-_HUB_ID_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # Inline Markdown that could restyle or restructure a name (`<`, `>` and `&` are HTML-escaped first).
 _MD_SPECIALS = re.compile(r"([\\`*_\[\]|~])")
 _PROFILE_URLS = {
@@ -36,11 +35,6 @@ _PROFILE_URLS = {
     "x-api": "https://x.com/{}",
     "bluesky": "https://bsky.app/profile/{}",
 }
-
-
-def is_hub_id(model: str) -> bool:
-    """Whether `model` reads as a Hub model id rather than a local folder."""
-    return bool(_HUB_ID_RE.fullmatch(model)) and ".." not in model and not Path(model).is_absolute()
 
 
 def model_license(base_model: str) -> str:
@@ -194,17 +188,17 @@ def render_card(entry: Entry, registry: Registry) -> ModelCard:
     """The model card of one zoo entry (a single account or a cyborg blend)."""
     cyborg = entry.kind == "cyborg"
     base = entry.base_model
-    if is_hub_id(base):
+    if is_hub_model_id(base):
         base_md = f"[{base}](https://huggingface.co/{base})"  # a validated id: nothing to escape
     else:
         base_md = f"base model `{html_text(base).replace('`', '')}`"
     gpt2 = base.rsplit("/", 1)[-1].lower().startswith(("gpt2", "distilgpt2"))
-    if gpt2 and is_hub_id(base):
+    if gpt2 and is_hub_model_id(base):
         limitations_md = (
             "[the same limitations and bias as GPT-2]"
             f"(https://huggingface.co/{base}#limitations-and-bias)"
         )
-    elif is_hub_id(base):
+    elif is_hub_model_id(base):
         limitations_md = f"the same limitations and bias as its base model, {base_md}"
     else:  # base_md already reads "base model `<folder>`"
         limitations_md = f"the same limitations and bias as its {base_md}"

@@ -460,7 +460,6 @@ def test_failed_push_leaves_the_registry_unchanged(tmp_path, tiny_model_dir, hub
 
 def test_a_trailing_newline_is_not_a_valid_name(tmp_path):
     """`re.match(r"^...$")` also accepts 'name\\n' ('$' matches before a final newline)."""
-    from cards.render import is_hub_id
     from training.fetch import user_folder
     from zoo.hub import HubError, is_hub_model_id, validate_repo_id
 
@@ -475,4 +474,4 @@ def test_a_trailing_newline_is_not_a_valid_name(tmp_path):
         SourceError, match=r"'zippy\\n' \(from posts\.jsonl\) is not a usable handle"
     ):
         fetch_posts("jsonl", str(posts), handle="zippy\n")
-    assert not is_hub_model_id("gpt2\n") and not is_hub_id("gpt2\n") and is_hub_id("gpt2")
+    assert not is_hub_model_id("gpt2\n") and is_hub_model_id("gpt2")
