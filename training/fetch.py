@@ -20,13 +20,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from training.sources import SOURCES, Post, Profile, SourceName, UserPosts, fetch_posts
+from training.sources import (
+    SOURCES,
+    Post,
+    Profile,
+    SourceName,
+    UserPosts,
+    fetch_posts,
+    is_folder_name,
+)
 
 logger = logging.getLogger(__name__)
 
 POSTS_FILE = "posts.jsonl"
 PROFILE_FILE = "profile.json"
-_FOLDER_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 @dataclass
@@ -101,7 +108,7 @@ def run(cfg: FetchConfig) -> Path:
 
 def user_folder(data_dir: str | Path, handle: str) -> Path:
     """`<data_dir>/<handle>`, refusing handles that are not a plain folder name."""
-    if not _FOLDER_RE.fullmatch(handle) or ".." in handle:
+    if not is_folder_name(handle):
         raise ValueError(f"handle {handle!r} cannot be a folder name (letters, digits, _ - . only)")
     return Path(data_dir) / handle
 

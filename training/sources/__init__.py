@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -49,6 +50,14 @@ class Profile:
     display_name: str = ""
     avatar_url: str = ""
     source: str = ""  # one of SOURCES
+
+
+# A handle that is also a plain folder name under the data dir (fetch saves `<data_dir>/<handle>`).
+_FOLDER_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+
+
+def is_folder_name(handle: str) -> bool:
+    return bool(_FOLDER_NAME_RE.fullmatch(handle)) and ".." not in handle
 
 
 @dataclass

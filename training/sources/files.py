@@ -12,15 +12,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from training.sources import Post, Profile, SourceError, UserPosts
+from training.sources import Post, Profile, SourceError, UserPosts, is_folder_name
 
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", ""}
-_HANDLE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 def fetch_jsonl(
@@ -126,7 +124,7 @@ def _user_posts(
     avatar_url: str = "",
 ) -> UserPosts:
     handle = (handle or path.stem).lstrip("@")
-    if not _HANDLE_RE.fullmatch(handle) or ".." in handle:
+    if not is_folder_name(handle):
         raise SourceError(
             f"{handle!r} (from {path.name}) is not a usable handle; pass the handle option "
             "(letters, digits, '_', '-' and '.')"
